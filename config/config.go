@@ -1,0 +1,162 @@
+// Package config reads relay46's YAML configuration strictly: unknown keys,
+// wrong types, duplicate hosts, bad addresses and impossible combinations
+// are errors that name the file, the line and the key.
+//
+// Typical use:
+//
+//	cfg, err := config.Load("/etc/relay46/relay46.yaml")
+//	if err != nil {
+//		// err lists every problem, one per line: "relay46.yaml:7: routes[0].upstream: ..."
+//	}
+//	for _, r := range cfg.Routes { ... }
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Documented defaults. The README's configuration reference lists the same
+// values; a test keeps them in step.
+const (
+	DefaultHTTPListen     = ":80"
+	DefaultHTTPSListen    = ":443"
+	DefaultAdminListen    = "127.0.0.1:9046"
+	DefaultHelloTimeout   = 5 * time.Second
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultIdleTimeout    = time.Hour
+	DefaultShutdownGrace  = 30 * time.Second
+	DefaultMaxBody        = 256 << 20
+	DefaultMaxHeaderBytes = 32 << 10
+	DefaultStorage        = "/var/lib/relay46"
+	UnknownSNIReject      = "reject"
+	maxConfigBytes        = 4 << 20
+)
+
+// Config is a validated relay46 configuration. All defaults are filled in:
+// code using a Config never has to know them.
+type Config struct {
+	File   string // where it was read from, for messages
+	Listen Listen
+	Admin  string // admin listener address; "" disables it
+	Routes []*Route
+	// UnknownSNI is "reject" or the name of the route that takes
+	// ClientHellos whose SNI matches no route (or that have none).
+	UnknownSNI    string
+	Timeouts      Timeouts
+	ShutdownGrace time.Duration
+	ACME          ACME
+	Log           Log
+}
+
+// Listen holds the public listener addresses; "" disables one.
+type Listen struct {
+	HTTP  string
+	HTTPS string
+}
+
+// Timeouts bound each stage of a connection.
+type Timeouts struct {
+	// Hello bounds reading the TLS ClientHello on :443 and the request
+	// head on :80.
+	Hello time.Duration
+	// Dial bounds connecting to the origin, per address tried.
+	Dial time.Duration
+	// Idle closes a relayed connection after this long with no bytes in
+	// either direction.
+	Idle time.Duration
+}
+
+// ACME configures certificates obtained by the relay for terminated routes.
+type ACME struct {
+	Email   string
+	CA      string // directory URL (the names letsencrypt and letsencrypt-staging are mapped)
+	CARoot  string // PEM file trusted for the CA's directory, "" for system roots
+	Storage string
+}
+
+// Log configures logging.
+type Log struct {
+	Format string // json or console
+	Level  string // debug, info, warn, error
+}
+
+// Route relays a set of hosts to one origin.
+type Route struct {
+	Name  string
+	Hosts []string // normalized: lower-case ASCII (IDNA), no trailing dot; "*.x" wildcards
+	Mode  Mode
+	// Upstream is host:port for passthrough and a URL for terminate.
+	Upstream string
+	// HTTPUpstream is host:port where :80 traffic goes; "" when :80 is not
+	// relayed for this route (terminated routes answer :80 themselves).
+	HTTPUpstream  string
+	ProxyProtocol ProxyProtocol
+	AllowIPv4     bool
+	Timeouts      Timeouts
+
+	// Terminated routes.
+	MaxBody            int64
+	TrustedProxies     []string
+	RedirectHTTP       bool
+	CertFile, KeyFile  string
+	UpstreamCA         string
+	UpstreamServerName string
+}
+
+// Load reads and validates the config file at path.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(data) > maxConfigBytes {
+		return nil, fmt.Errorf("%s: larger than %d bytes; is this the right file?", path, maxConfigBytes)
+	}
+	return Parse(path, data)
+}
+
+// Parse validates the YAML document data; name is used in error messages.
+// The returned error joins every problem found, each an *Error.
+func Parse(name string, data []byte) (*Config, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, &Error{File: name, Msg: fmt.Sprintf("not valid YAML: %v", err)}
+	}
+	d := &decoder{file: name, lines: map[string]int{}}
+	var raw rawConfig
+	if len(doc.Content) == 0 {
+		return nil, &Error{File: name, Msg: "the file is empty: it needs at least one route"}
+	}
+	d.decode(doc.Content[0], reflect.ValueOf(&raw).Elem(), "")
+	if len(d.errs) > 0 {
+		return nil, errors.Join(d.errs...)
+	}
+	cfg := d.build(&raw)
+	if len(d.errs) > 0 {
+		return nil, errors.Join(d.errs...)
+	}
+	cfg.File = name
+	return cfg, nil
+}
+
+// Route returns the route with the given name, or nil.
+func (c *Config) Route(name string) *Route {
+	for _, r := range c.Routes {
+		if r.Name == name {
+			return r
+		}
+	}
+	return nil
+}

@@ -1,0 +1,189 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// decoder walks a YAML node tree into the raw config structs by their
+// `yaml` tags. It exists instead of yaml.Decoder.KnownFields because the
+// errors must name the file, the line and the full key path
+// ("routes[1].timeouts.idle"), and because validation after decoding needs
+// to find the line of any key again (lines).
+type decoder struct {
+	file  string
+	lines map[string]int // key path → line, for errors found after decoding
+	errs  []error
+}
+
+// Error is one problem in a config file, located by line and key.
+type Error struct {
+	File string
+	Line int    // 0 when the key is missing entirely
+	Key  string // dotted path such as routes[0].upstream; "" for the document
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		b.WriteString(":")
+		b.WriteString(strconv.Itoa(e.Line))
+	}
+	b.WriteString(": ")
+	if e.Key != "" {
+		b.WriteString(e.Key)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+func (d *decoder) fail(line int, key, format string, args ...any) {
+	d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// errAt records an error for a key path known to the decoder; the line is
+// looked up from what the decoder saw.
+func (d *decoder) errAt(key, format string, args ...any) {
+	d.fail(d.lines[key], key, format, args...)
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// decode fills v (a pointer to struct, slice, map or scalar) from n.
+func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if path != "" {
+		if _, seen := d.lines[path]; !seen {
+			d.lines[path] = n.Line
+		}
+	}
+	// Types with their own syntax (durations, sizes) parse themselves.
+	if v.CanAddr() {
+		if u, ok := v.Addr().Interface().(scalarParser); ok {
+			if n.Kind != yaml.ScalarNode {
+				d.fail(n.Line, path, "expected a single value, got %s", kindName(n))
+				return
+			}
+			if err := u.parseScalar(n.Value); err != nil {
+				d.fail(n.Line, path, "%v", err)
+			}
+			return
+		}
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if n.Tag == "!!null" {
+			return
+		}
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		d.decode(n, v.Elem(), path)
+	case reflect.Struct:
+		d.decodeStruct(n, v, path)
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			d.fail(n.Line, path, "expected a list, got %s", kindName(n))
+			return
+		}
+		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, item := range n.Content {
+			d.decode(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
+		}
+		v.Set(s)
+	default:
+		if n.Kind != yaml.ScalarNode {
+			d.fail(n.Line, path, "expected a single value, got %s", kindName(n))
+			return
+		}
+		if err := n.Decode(v.Addr().Interface()); err != nil {
+			d.fail(n.Line, path, "%s", typeErr(n, v.Type(), err))
+		}
+	}
+}
+
+func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		if n.Tag == "!!null" {
+			return
+		}
+		d.fail(n.Line, path, "expected a mapping of keys, got %s", kindName(n))
+		return
+	}
+	fields := map[string]int{}
+	var names []string
+	t := v.Type()
+	for i := range t.NumField() {
+		tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		fields[tag] = i
+		names = append(names, tag)
+	}
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		key := join(path, k.Value)
+		if first, dup := seen[k.Value]; dup {
+			d.fail(k.Line, key, "duplicate key (first set on line %d)", first)
+			continue
+		}
+		seen[k.Value] = k.Line
+		idx, ok := fields[k.Value]
+		if !ok {
+			d.fail(k.Line, key, "unknown key %q (known keys here: %s)", k.Value, strings.Join(names, ", "))
+			continue
+		}
+		d.lines[key] = k.Line
+		d.decode(val, v.Field(idx), key)
+	}
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	default:
+		return fmt.Sprintf("%q", n.Value)
+	}
+}
+
+func typeErr(n *yaml.Node, t reflect.Type, err error) string {
+	want := t.Kind().String()
+	switch t.Kind() {
+	case reflect.Bool:
+		want = "true or false"
+	case reflect.Int, reflect.Int64, reflect.Uint, reflect.Uint32, reflect.Uint64:
+		want = "a whole number"
+	case reflect.String:
+		want = "a string"
+	}
+	var te *yaml.TypeError
+	if errors.As(err, &te) || err != nil {
+		return fmt.Sprintf("expected %s, got %q", want, n.Value)
+	}
+	return err.Error()
+}
+
+// scalarParser is implemented by config types written as one string.
+type scalarParser interface {
+	parseScalar(s string) error
+}

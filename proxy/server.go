@@ -1,0 +1,313 @@
+// Package proxy is the relay itself: it accepts TLS connections and routes
+// them by SNI, passing them through to the origin untouched or handing
+// them to the in-process TLS terminator, and accepts plain HTTP
+// connections and relays them by Host.
+//
+// Typical use:
+//
+//	srv := &proxy.Server{Logger: logger, Metrics: m}
+//	if err := srv.Apply(cfg); err != nil { ... }
+//	go srv.Serve(httpsListener, proxy.HTTPS)
+//	go srv.Serve(httpListener, proxy.HTTP)
+//	...
+//	srv.Shutdown(ctx) // stop accepting, drain, then close what is left
+//
+// Where a ClientHello is routed: tls.go. Where an HTTP request head is
+// routed: http.go. How bytes move: relay.go.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/relay46/relay46/config"
+	"github.com/relay46/relay46/metrics"
+)
+
+// Protocol is what a listener accepts.
+type Protocol string
+
+// The listener protocols; their values name listeners in logs and metrics.
+const (
+	HTTPS Protocol = "https"
+	HTTP  Protocol = "http"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Server relays connections according to the config it was last given by
+// Apply. Its zero value is ready for Apply; fields must be set before the
+// first Apply and not changed after.
+type Server struct {
+	// Logger receives one line per finished connection and every error.
+	// Nil means no logs.
+	Logger *zap.Logger
+	// Metrics records what happens. Nil means no metrics.
+	Metrics *metrics.Metrics
+	// Resolver looks up hostname upstreams. Nil means the system's.
+	Resolver *net.Resolver
+
+	table atomic.Pointer[table]
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	closed    bool
+	wg        sync.WaitGroup // one per live connection
+}
+
+// Apply validates and installs cfg. Connections already open keep the
+// route they were given; new ones see cfg.
+func (s *Server) Apply(cfg *config.Config) error {
+	t, err := newTable(cfg, s.Resolver)
+	if err != nil {
+		return err
+	}
+	s.table.Store(t)
+	return nil
+}
+
+func (s *Server) logger() *zap.Logger {
+	if s.Logger == nil {
+		return zap.NewNop()
+	}
+	return s.Logger
+}
+
+// Serve accepts connections on ln until ln is closed or Shutdown is called.
+// Temporary accept errors (such as running out of file descriptors) back
+// off and retry instead of returning.
+func (s *Server) Serve(ln net.Listener, p Protocol) error {
+	if !s.track(ln) {
+		ln.Close()
+		return ErrServerClosed
+	}
+	defer s.untrack(ln)
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.logger().Warn("accept failed; retrying", zap.String("listener", string(p)), zap.Error(err), zap.Duration("backoff", backoff))
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if !s.addConn(c) {
+			c.Close()
+			continue
+		}
+		go s.handle(c, p)
+	}
+}
+
+func (s *Server) handle(c net.Conn, p Protocol) {
+	defer s.doneConn(c)
+	s.Metrics.ConnStarted(string(p))
+	t := s.table.Load()
+	if t == nil {
+		c.Close()
+		return
+	}
+	switch p {
+	case HTTPS:
+		s.handleTLS(c, t)
+	case HTTP:
+		s.handleHTTP(c, t)
+	default:
+		c.Close()
+	}
+}
+
+// connLog is what one finished connection reports.
+type connLog struct {
+	listener   Protocol
+	client     netip.AddrPort
+	route      *route
+	mode       string
+	sni        string // SNI or Host the client asked for
+	upstream   netip.AddrPort
+	outcome    string
+	start      time.Time
+	fromClient int64
+	toClient   int64
+	err        error
+}
+
+// Outcomes of a connection, as logged and counted.
+const (
+	outcomeOK          = "ok"
+	outcomeUnknownSNI  = "unknown_sni"
+	outcomeUnknownHost = "unknown_host"
+	outcomeDialFailed  = "dial_failed"
+	outcomeIdle        = "idle_timeout"
+	outcomeAborted     = "aborted"
+	outcomeBadRequest  = "bad_request"
+	outcomeTerminated  = "terminated"
+	outcomeHandshake   = "handshake_failed"
+)
+
+// metricOutcome folds a logged outcome into the metric's small fixed set.
+func metricOutcome(o string) string {
+	switch o {
+	case outcomeOK, outcomeTerminated:
+		return metrics.OutcomeOK
+	case outcomeUnknownSNI, outcomeUnknownHost:
+		return metrics.OutcomeUnknownHost
+	case outcomeDialFailed:
+		return metrics.OutcomeDialFailed
+	case outcomeIdle:
+		return metrics.OutcomeTimeout
+	case outcomeHandshake:
+		return metrics.OutcomeHandshakeFailed
+	case outcomeAborted:
+		return metrics.OutcomeError
+	}
+	return metrics.OutcomePeekFailed
+}
+
+func (s *Server) finish(l *connLog) {
+	d := time.Since(l.start)
+	routeName, mode := "none", l.mode
+	if l.route != nil {
+		routeName = l.route.name
+	}
+	if mode == "" {
+		mode = "none"
+	}
+	s.Metrics.ConnFinished(string(l.listener), routeName, mode, metricOutcome(l.outcome), d, l.fromClient, l.toClient)
+	log := s.logger()
+	lvl := zap.InfoLevel
+	if l.outcome != outcomeOK && l.outcome != outcomeTerminated {
+		lvl = zap.WarnLevel
+	}
+	if ce := log.Check(lvl, "connection"); ce != nil {
+		fields := []zap.Field{
+			zap.String("listener", string(l.listener)),
+			zap.String("route", routeName),
+			zap.String("mode", mode),
+			zap.String("client", l.client.String()),
+			zap.String("host", l.sni),
+			zap.String("outcome", l.outcome),
+			zap.Int64("bytes_from_client", l.fromClient),
+			zap.Int64("bytes_to_client", l.toClient),
+			zap.Duration("duration", d),
+		}
+		if l.upstream.IsValid() {
+			fields = append(fields, zap.String("upstream", l.upstream.String()))
+		}
+		if l.err != nil {
+			fields = append(fields, zap.Error(l.err))
+		}
+		ce.Write(fields...)
+	}
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	if a != nil {
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+	}
+	return netip.AddrPort{}
+}
+
+func (s *Server) track(ln net.Listener) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.listeners == nil {
+		s.listeners = map[net.Listener]struct{}{}
+	}
+	s.listeners[ln] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(ln net.Listener) {
+	s.mu.Lock()
+	delete(s.listeners, ln)
+	s.mu.Unlock()
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *Server) addConn(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.conns == nil {
+		s.conns = map[net.Conn]struct{}{}
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) doneConn(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Shutdown stops accepting, waits for open connections to finish until
+// ctx is done, then closes those still open and waits for their
+// goroutines. It is safe to call more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	n := len(s.conns)
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.logger().Info("grace period over; closed open connections", zap.Int("connections", n))
+	<-done
+	return ctx.Err()
+}
+
+// ActiveConns returns the number of connections being handled.
+func (s *Server) ActiveConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
