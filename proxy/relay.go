@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -36,8 +38,14 @@ func relay(client, upstream net.Conn, fromClient copier, idle time.Duration) rel
 			upstream.Close()
 		})
 	}
+	var clientDone atomic.Bool // the client finished sending cleanly
 	fail := func(err error) {
-		errOnce.Do(func() { res.err = err })
+		// A client that has said all it had to say may close without
+		// reading the origin's goodbye (a TLS close_notify, say); the
+		// reset that follows is not a failure of the relay.
+		if !(clientDone.Load() && isReset(err)) {
+			errOnce.Do(func() { res.err = err })
+		}
 		closeBoth()
 	}
 	watch := newIdleWatch(idle, func() { res.idle = true; closeBoth() }, client, upstream)
@@ -48,7 +56,7 @@ func relay(client, upstream net.Conn, fromClient copier, idle time.Duration) rel
 		defer close(done)
 		res.toClient = copyUpstreamToClient(client, upstream, fail)
 	}()
-	res.fromClient = copyClientToUpstream(upstream, fromClient, fail)
+	res.fromClient = copyClientToUpstream(upstream, fromClient, fail, &clientDone)
 	<-done
 	closeBoth()
 	return res
@@ -63,8 +71,11 @@ func rawCopier(src io.Reader) copier {
 	return func(dst net.Conn) (int64, error) { return io.Copy(dst, src) }
 }
 
-func copyClientToUpstream(upstream net.Conn, fromClient copier, fail func(error)) int64 {
+func copyClientToUpstream(upstream net.Conn, fromClient copier, fail func(error), done *atomic.Bool) int64 {
 	n, err := fromClient(upstream)
+	if err == nil {
+		done.Store(true)
+	}
 	return finishHalf(upstream, n, err, fail)
 }
 
@@ -83,13 +94,19 @@ func finishHalf(dst net.Conn, n int64, err error, fail func(error)) int64 {
 		return n
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-		if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+		// All n bytes reached the kernel; a peer that is already gone
+		// (ENOTCONN, reset) has no use for our FIN either.
+		if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) && !isReset(err) {
 			fail(err)
 		}
 	} else {
 		fail(errors.New("cannot half-close"))
 	}
 	return n
+}
+
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ENOTCONN)
 }
 
 // idleWatch closes a relayed connection once no byte has moved in either
