@@ -109,7 +109,9 @@ func TestClientHelloInPieces(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var sent bytes.Buffer
 			c, err := dialTLS(t, r.https, &tls.Config{RootCAs: roots, ServerName: "misskey.example.com", CurvePreferences: tc.curves},
-				func(c net.Conn) net.Conn { return &recordConn{Conn: &chunkedConn{Conn: c, n: tc.piece, pause: tc.pause}, w: &sent} })
+				func(c net.Conn) net.Conn {
+					return &recordConn{Conn: &chunkedConn{Conn: c, n: tc.piece, pause: tc.pause}, w: &sent}
+				})
 			if err != nil {
 				t.Fatal(err)
 			}
