@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/relay46/relay46/admin"
 	"github.com/relay46/relay46/config"
 	"github.com/relay46/relay46/metrics"
 	"github.com/relay46/relay46/proxy"
@@ -77,22 +80,29 @@ type boundListener struct {
 	ln   net.Listener
 }
 
+// adminListener names the admin listener among the proxy's.
+const adminListener proxy.Protocol = "admin"
+
 func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 	d.srv = &proxy.Server{Logger: d.logger, Metrics: d.metrics}
 	if err := d.srv.Apply(cfg); err != nil {
 		return err
 	}
+	d.mu.Lock()
 	d.listeners = map[proxy.Protocol]*boundListener{}
 	if err := d.bind(cfg); err != nil {
 		d.closeListeners()
+		d.mu.Unlock()
 		return err
 	}
 	d.cfg = cfg
+	addrs := d.addrs()
+	d.mu.Unlock()
 	d.metrics.ConfigLoaded()
 	d.logger.Info("relay46 started", zap.String("version", version), zap.String("config", d.path),
-		zap.Int("routes", len(cfg.Routes)), zap.Any("listeners", d.addrStrings()))
+		zap.Int("routes", len(cfg.Routes)), zap.Any("listeners", addrStrings(addrs)))
 	if d.ready != nil {
-		d.ready <- d.addrs()
+		d.ready <- addrs
 	}
 
 	hup := make(chan os.Signal, 1)
@@ -112,7 +122,7 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 // address, and closes those it no longer asks for. It binds every new one
 // before closing any old one, so a failed bind changes nothing.
 func (d *daemon) bind(cfg *config.Config) error {
-	want := map[proxy.Protocol]string{proxy.HTTPS: cfg.Listen.HTTPS, proxy.HTTP: cfg.Listen.HTTP}
+	want := map[proxy.Protocol]string{proxy.HTTPS: cfg.Listen.HTTPS, proxy.HTTP: cfg.Listen.HTTP, adminListener: cfg.Admin}
 	opened := map[proxy.Protocol]*boundListener{}
 	for p, addr := range want {
 		if addr == "" {
@@ -138,11 +148,17 @@ func (d *daemon) bind(cfg *config.Config) error {
 	}
 	for p, b := range opened {
 		d.listeners[p] = b
+		d.metrics.Listening(string(p))
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			err := d.srv.Serve(b.ln, p)
-			if !errors.Is(err, proxy.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			var err error
+			if p == adminListener {
+				err = d.adminServer().Serve(b.ln)
+			} else {
+				err = d.srv.Serve(b.ln, p)
+			}
+			if !errors.Is(err, proxy.ErrServerClosed) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, http.ErrServerClosed) {
 				d.logger.Error("listener stopped", zap.String("listener", string(p)), zap.Error(err))
 			}
 		}()
@@ -151,12 +167,48 @@ func (d *daemon) bind(cfg *config.Config) error {
 }
 
 // addrStrings is addrs for logs.
-func (d *daemon) addrStrings() map[string]string {
+func addrStrings(addrs map[proxy.Protocol]net.Addr) map[string]string {
 	m := map[string]string{}
-	for p, b := range d.listeners {
-		m[string(p)] = b.ln.Addr().String()
+	for p, a := range addrs {
+		m[string(p)] = a.String()
 	}
 	return m
+}
+
+// adminServer serves metrics, health, readiness and reload. Its limits
+// keep a slow or hostile scraper from holding connections open.
+func (d *daemon) adminServer() *http.Server {
+	h := &admin.Server{
+		Metrics: d.metrics,
+		Ready:   d.readiness,
+		Reload:  d.reload,
+		Logger:  d.logger.Named("admin"),
+	}
+	return &http.Server{
+		Handler:           h.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          zap.NewStdLog(d.logger.Named("admin")),
+	}
+}
+
+// readiness says why the relay cannot serve, or nil when it can: a config
+// is loaded and the public listeners it asks for are bound.
+func (d *daemon) readiness() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cfg == nil {
+		return errors.New("no config loaded")
+	}
+	for p, addr := range map[proxy.Protocol]string{proxy.HTTPS: d.cfg.Listen.HTTPS, proxy.HTTP: d.cfg.Listen.HTTP} {
+		if addr != "" && d.listeners[p] == nil {
+			return fmt.Errorf("listener %s (%s) is not bound", p, addr)
+		}
+	}
+	return nil
 }
 
 func (d *daemon) addrs() map[proxy.Protocol]net.Addr {
@@ -178,7 +230,7 @@ func (d *daemon) reload() error {
 		d.logger.Error("reload failed; still serving the previous config", zap.Error(err))
 		return err
 	}
-	d.logger.Info("config reloaded", zap.Int("routes", len(d.cfg.Routes)), zap.Any("listeners", d.addrStrings()))
+	d.logger.Info("config reloaded", zap.Int("routes", len(d.cfg.Routes)), zap.Any("listeners", addrStrings(d.addrs())))
 	return nil
 }
 
@@ -213,6 +265,11 @@ func (d *daemon) shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	err := d.srv.Shutdown(ctx)
+	d.mu.Lock()
+	if b := d.listeners[adminListener]; b != nil {
+		b.ln.Close()
+	}
+	d.mu.Unlock()
 	d.wg.Wait()
 	if errors.Is(err, context.DeadlineExceeded) {
 		err = nil // connections past the grace period were closed: that is the design
