@@ -12,11 +12,13 @@
 package config
 
 import (
-	"errors"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"reflect"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -131,24 +133,82 @@ func Load(path string) (*Config, error) {
 // The returned error joins every problem found, each an *Error.
 func Parse(name string, data []byte) (*Config, error) {
 	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, &Error{File: name, Msg: fmt.Sprintf("not valid YAML: %v", err)}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil && err != io.EOF {
+		return nil, yamlError(name, err)
 	}
-	d := &decoder{file: name, lines: map[string]int{}}
-	var raw rawConfig
 	if len(doc.Content) == 0 {
 		return nil, &Error{File: name, Msg: "the file is empty: it needs at least one route"}
 	}
+	// A second document would be silently ignored by a plain Unmarshal,
+	// and with it whatever the user wrote there. Empty ones (a trailing
+	// "---") are harmless.
+	for {
+		var next yaml.Node
+		err := dec.Decode(&next)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, yamlError(name, err)
+		}
+		if len(next.Content) > 0 && next.Content[0].Tag != "!!null" {
+			return nil, &Error{File: name, Line: next.Line, Msg: "a second YAML document (after ---): relay46 reads one document; merge them"}
+		}
+	}
+	d := &decoder{file: name, lines: map[string]int{}}
+	var raw rawConfig
 	d.decode(doc.Content[0], reflect.ValueOf(&raw).Elem(), "")
 	if len(d.errs) > 0 {
-		return nil, errors.Join(d.errs...)
+		return nil, d.joined()
 	}
 	cfg := d.build(&raw)
 	if len(d.errs) > 0 {
-		return nil, errors.Join(d.errs...)
+		return nil, d.joined()
 	}
 	cfg.File = name
 	return cfg, nil
+}
+
+// yamlError turns the YAML library's "yaml: line 3: did not find expected
+// key" into an *Error located like every other problem.
+func yamlError(name string, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if n, after, ok := strings.Cut(rest, ": "); ok {
+			if l, err := strconv.Atoi(n); err == nil {
+				line, msg = l, after
+			}
+		}
+	}
+	// The library numbers lines from 1 in scanner errors but from 0 in
+	// parser errors, which name the line where the unfinished list or
+	// mapping began.
+	if line > 0 && isYAMLParserProblem(msg) {
+		line++
+	}
+	return &Error{File: name, Line: line, Msg: "not valid YAML: " + msg}
+}
+
+// isYAMLParserProblem reports whether msg comes from go.yaml.in/yaml/v3's
+// parser (parserc.go) rather than its scanner.
+func isYAMLParserProblem(msg string) bool {
+	switch msg {
+	case "did not find expected <stream-start>",
+		"did not find expected <document start>",
+		"found undefined tag handle",
+		"did not find expected node content",
+		"did not find expected '-' indicator",
+		"did not find expected key",
+		"did not find expected ',' or ']'",
+		"did not find expected ',' or '}'",
+		"found duplicate %YAML directive",
+		"found incompatible YAML document",
+		"found duplicate %TAG directive":
+		return true
+	}
+	return false
 }
 
 // Route returns the route with the given name, or nil.

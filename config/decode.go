@@ -1,9 +1,11 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -49,6 +51,20 @@ func (d *decoder) fail(line int, key, format string, args ...any) {
 	d.errs = append(d.errs, &Error{File: d.file, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
 }
 
+// joined returns every recorded problem as one error, in line order so
+// that `relay46 check` reads like the file; problems with no line (a key
+// missing from the whole file) come first.
+func (d *decoder) joined() error {
+	line := func(err error) int {
+		if e, ok := err.(*Error); ok {
+			return e.Line
+		}
+		return 0
+	}
+	slices.SortStableFunc(d.errs, func(a, b error) int { return cmp.Compare(line(a), line(b)) })
+	return errors.Join(d.errs...)
+}
+
 // errAt records an error for a key path known to the decoder; the line is
 // looked up from what the decoder saw.
 func (d *decoder) errAt(key, format string, args ...any) {
@@ -64,23 +80,26 @@ func join(path, key string) string {
 
 // decode fills v (a pointer to struct, slice, map or scalar) from n.
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	// Errors about an alias's value belong where the alias is used, not at
+	// the anchor it points to.
+	orig, line := n, n.Line
 	if n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}
 	if path != "" {
 		if _, seen := d.lines[path]; !seen {
-			d.lines[path] = n.Line
+			d.lines[path] = line
 		}
 	}
 	// Types with their own syntax (durations, sizes) parse themselves.
 	if v.CanAddr() {
 		if u, ok := v.Addr().Interface().(scalarParser); ok {
 			if n.Kind != yaml.ScalarNode {
-				d.fail(n.Line, path, "expected a single value, got %s", kindName(n))
+				d.fail(line, path, "expected a single value, got %s", kindName(n))
 				return
 			}
 			if err := u.parseScalar(n.Value); err != nil {
-				d.fail(n.Line, path, "%v", err)
+				d.fail(line, path, "%v", err)
 			}
 			return
 		}
@@ -93,12 +112,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		if v.IsNil() {
 			v.Set(reflect.New(v.Type().Elem()))
 		}
-		d.decode(n, v.Elem(), path)
+		d.decode(orig, v.Elem(), path)
 	case reflect.Struct:
-		d.decodeStruct(n, v, path)
+		d.decodeStruct(n, line, v, path)
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			d.fail(n.Line, path, "expected a list, got %s", kindName(n))
+			d.fail(line, path, "expected a list, got %s", kindName(n))
 			return
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
@@ -108,21 +127,21 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		v.Set(s)
 	default:
 		if n.Kind != yaml.ScalarNode {
-			d.fail(n.Line, path, "expected a single value, got %s", kindName(n))
+			d.fail(line, path, "expected a single value, got %s", kindName(n))
 			return
 		}
 		if err := n.Decode(v.Addr().Interface()); err != nil {
-			d.fail(n.Line, path, "%s", typeErr(n, v.Type(), err))
+			d.fail(line, path, "%s", typeErr(n, v.Type(), err))
 		}
 	}
 }
 
-func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
+func (d *decoder) decodeStruct(n *yaml.Node, line int, v reflect.Value, path string) {
 	if n.Kind != yaml.MappingNode {
 		if n.Tag == "!!null" {
 			return
 		}
-		d.fail(n.Line, path, "expected a mapping of keys, got %s", kindName(n))
+		d.fail(line, path, "expected a mapping of keys, got %s", kindName(n))
 		return
 	}
 	fields := map[string]int{}

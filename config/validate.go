@@ -354,8 +354,11 @@ func (d *decoder) checkTerminate(r *Route, raw *rawRoute, key string) {
 	if r.ProxyProtocol != ProxyOff {
 		d.errAt(key+".proxy_protocol", "only applies to mode: passthrough (terminated routes send X-Forwarded-For)")
 	}
-	if (r.CertFile == "") != (r.KeyFile == "") {
-		d.errAt(key+".cert_file", "cert_file and key_file go together")
+	switch {
+	case r.CertFile != "" && r.KeyFile == "":
+		d.errAt(key+".cert_file", "needs key_file too: cert_file and key_file go together")
+	case r.CertFile == "" && r.KeyFile != "":
+		d.errAt(key+".key_file", "needs cert_file too: cert_file and key_file go together")
 	}
 	for i, p := range raw.TrustedProxies {
 		pk := fmt.Sprintf("%s.trusted_proxies[%d]", key, i)
@@ -378,8 +381,13 @@ func (d *decoder) checkTerminate(r *Route, raw *rawRoute, key string) {
 		d.errAt(key+".upstream", "%q is not an http:// or https:// URL (mode: terminate proxies HTTP)", r.Upstream)
 		return
 	}
-	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {
 		d.errAt(key+".upstream", "%q: give only scheme, host and port; paths are passed through unchanged", r.Upstream)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			d.errAt(key+".upstream", "port %q is not a number from 1 to 65535", p)
+		}
 	}
 	if err := checkUpstreamHost(u.Hostname(), r.AllowIPv4); err != nil {
 		d.errAt(key+".upstream", "%v", err)
@@ -401,7 +409,7 @@ func NormalizeHost(host string) (string, error) {
 	if h == "" {
 		return "", fmt.Errorf("empty host name %q", host)
 	}
-	if _, err := netip.ParseAddr(h); err == nil {
+	if _, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")); err == nil {
 		return "", fmt.Errorf("%q is an IP address: clients send names in SNI, list the name", host)
 	}
 	if strings.Contains(h, "*") {
@@ -412,6 +420,16 @@ func NormalizeHost(host string) (string, error) {
 		return "", fmt.Errorf("%q is not a valid host name: %v", host, err)
 	}
 	a = strings.ToLower(a)
+	// idna.Lookup does not check lengths, and would let "a..b" or
+	// "a.example.." through: names no client can send.
+	if len(a) > 253 {
+		return "", fmt.Errorf("%q is not a valid host name: longer than 253 characters", host)
+	}
+	for l := range strings.SplitSeq(a, ".") {
+		if l == "" || len(l) > 63 {
+			return "", fmt.Errorf("%q is not a valid host name: labels between dots must have 1 to 63 characters", host)
+		}
+	}
 	if wild {
 		if !strings.Contains(a, ".") {
 			return "", fmt.Errorf("%q: a wildcard needs at least two labels after it", host)
