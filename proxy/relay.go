@@ -49,7 +49,6 @@ func relay(client, upstream net.Conn, fromClient copier, idle time.Duration) rel
 		closeBoth()
 	}
 	watch := newIdleWatch(idle, func() { res.idle = true; closeBoth() }, client, upstream)
-	defer watch.stop()
 
 	done := make(chan struct{})
 	go func() {
@@ -59,6 +58,7 @@ func relay(client, upstream net.Conn, fromClient copier, idle time.Duration) rel
 	res.fromClient = copyClientToUpstream(upstream, fromClient, fail, &clientDone)
 	<-done
 	closeBoth()
+	watch.stop() // after this, the watcher's write of res.idle is visible
 	return res
 }
 
