@@ -174,12 +174,21 @@ type relayUnderTest struct {
 // admin are filled in) on fresh loopback listeners.
 func startRelay(t testing.TB, yaml string) *relayUnderTest {
 	t.Helper()
+	return startRelayWith(t, yaml, nil)
+}
+
+// startRelayWith is startRelay with a chance to set Server fields first.
+func startRelayWith(t testing.TB, yaml string, setup func(*Server)) *relayUnderTest {
+	t.Helper()
 	cfg, err := config.Parse("test.yaml", []byte("listen: {http: \"127.0.0.1:0\", https: \"127.0.0.1:0\"}\nadmin: \"\"\n"+yaml))
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	s := &Server{Logger: zap.New(core)}
+	if setup != nil {
+		setup(s)
+	}
 	if err := s.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}

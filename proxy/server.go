@@ -54,6 +54,17 @@ type Server struct {
 	Metrics *metrics.Metrics
 	// Resolver looks up hostname upstreams. Nil means the system's.
 	Resolver *net.Resolver
+	// Certs supplies certificates for terminated routes. Nil makes their
+	// TLS handshakes fail (passthrough routes do not need it).
+	Certs Certificates
+	// ResponseHeaderTimeout bounds waiting for a terminated route's origin
+	// to start its response. Zero means DefaultResponseHeaderTimeout.
+	ResponseHeaderTimeout time.Duration
+	// TermTimeouts overrides the terminating HTTP servers' limits.
+	TermTimeouts TermTimeouts
+
+	termOnce   sync.Once
+	terminator *terminator
 
 	table atomic.Pointer[table]
 
@@ -71,7 +82,22 @@ func (s *Server) Apply(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	s.table.Store(t)
+	for _, r := range t.routes() {
+		if r.cfg.Mode == config.Terminate {
+			if err := s.setupTerminate(r); err != nil {
+				return err
+			}
+		}
+	}
+	if old := s.table.Swap(t); old != nil {
+		// Requests in flight keep their transport; idle origin
+		// connections of the old config are let go.
+		for _, r := range old.routes() {
+			if r.term != nil {
+				r.term.transport.CloseIdleConnections()
+			}
+		}
+	}
 	return nil
 }
 
@@ -159,6 +185,7 @@ const (
 	outcomeBadRequest  = "bad_request"
 	outcomeTerminated  = "terminated"
 	outcomeHandshake   = "handshake_failed"
+	outcomeShutdown    = "shutdown"
 )
 
 // metricOutcome folds a logged outcome into the metric's small fixed set.
@@ -176,6 +203,8 @@ func metricOutcome(o string) string {
 		return metrics.OutcomeHandshakeFailed
 	case outcomeAborted:
 		return metrics.OutcomeError
+	case outcomeShutdown:
+		return metrics.OutcomeShutdown
 	}
 	return metrics.OutcomePeekFailed
 }
@@ -287,10 +316,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 
+	go s.shutdownTerm(ctx)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		if t := s.terminator; t != nil {
+			t.tlsLn.Close()
+			t.httpLn.Close()
+		}
 		return nil
 	case <-ctx.Done():
 	}
@@ -302,6 +336,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.logger().Info("grace period over; closed open connections", zap.Int("connections", n))
 	<-done
+	if t := s.terminator; t != nil {
+		t.tlsLn.Close()
+		t.httpLn.Close()
+	}
 	return ctx.Err()
 }
 

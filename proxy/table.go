@@ -17,6 +17,7 @@ type route struct {
 	http     *upstream.Upstream // :80 target; nil when :80 is not relayed
 	proxyVer int                // PROXY protocol version to send, 0 for none
 	timeouts config.Timeouts
+	term     *termRoute // terminated routes: the reverse proxy (terminate.go)
 }
 
 // table routes host names to routes. It is immutable once built and
@@ -87,4 +88,19 @@ func hasUpper(s string) bool {
 		}
 	}
 	return false
+}
+
+// routes returns every distinct route in the table.
+func (t *table) routes() []*route {
+	seen := map[*route]bool{}
+	var out []*route
+	for _, m := range []map[string]*route{t.exact, t.wild} {
+		for _, r := range m {
+			if !seen[r] {
+				seen[r] = true
+				out = append(out, r)
+			}
+		}
+	}
+	return out
 }

@@ -2,20 +2,320 @@ package proxy
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
 	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
 )
 
-// terminate hands a ClientHello for a terminated host to the in-process
-// TLS server. (Termination arrives with the acme package.)
-func (s *Server) terminate(c net.Conn, peeked []byte, r *route, l *connLog) {
-	l.outcome = outcomeUnknownHost
-	c.Write(alertUnrecognizedName)
-	c.Close()
+// Certificates supplies the in-process TLS server: certificates by SNI
+// (from ACME or files) and the answers to ACME challenges.
+// *acme.Manager implements it.
+type Certificates interface {
+	// TLSConfig returns the config for terminated connections. Its
+	// GetCertificate also answers acme-tls/1 challenge handshakes.
+	TLSConfig() *tls.Config
+	// HandleHTTPChallenge answers an ACME HTTP-01 request and reports
+	// whether r was one.
+	HandleHTTPChallenge(w http.ResponseWriter, r *http.Request) bool
 }
 
-// terminateHTTP answers :80 for a terminated host.
+// Limits of the terminating HTTP servers. Documented in the README.
+const (
+	// TermHeaderTimeout bounds reading a request's head.
+	TermHeaderTimeout = 10 * time.Second
+	// TermIdleTimeout closes keep-alive connections with no request.
+	TermIdleTimeout = 2 * time.Minute
+	// TermMaxHeaderBytes bounds a request head (431 beyond it).
+	TermMaxHeaderBytes = 64 << 10
+	// TermBodyIdleTimeout cuts an upload that makes no progress for this
+	// long; a slow upload that keeps moving is never cut.
+	TermBodyIdleTimeout = time.Minute
+	// DefaultResponseHeaderTimeout bounds waiting for the origin's
+	// response head (504 beyond it).
+	DefaultResponseHeaderTimeout = time.Minute
+	// HTTP/2 limits per connection.
+	TermMaxConcurrentStreams = 250
+	TermMaxReadFrameSize     = 1 << 20
+)
+
+// TermTimeouts overrides limits of the terminating HTTP servers; a zero
+// field keeps the documented default.
+type TermTimeouts struct {
+	Header   time.Duration // default TermHeaderTimeout
+	Idle     time.Duration // default TermIdleTimeout
+	BodyIdle time.Duration // default TermBodyIdleTimeout
+}
+
+func or(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// terminator runs the in-process HTTP servers that terminated connections
+// are handed to: one for TLS (:443) and one for plain HTTP (:80).
+type terminator struct {
+	tlsLn  *chanListener
+	httpLn *chanListener
+	tlsSrv *http.Server
+	plain  *http.Server
+}
+
+func (s *Server) term() *terminator {
+	s.termOnce.Do(func() {
+		t := &terminator{tlsLn: newChanListener(), httpLn: newChanListener()}
+		errLog := zap.NewStdLog(s.logger().Named("http"))
+		newSrv := func(h http.Handler) *http.Server {
+			srv := &http.Server{
+				Handler:           h,
+				ReadHeaderTimeout: or(s.TermTimeouts.Header, TermHeaderTimeout),
+				IdleTimeout:       or(s.TermTimeouts.Idle, TermIdleTimeout),
+				MaxHeaderBytes:    TermMaxHeaderBytes,
+				ErrorLog:          errLog,
+				HTTP2: &http.HTTP2Config{
+					MaxConcurrentStreams: TermMaxConcurrentStreams,
+					MaxReadFrameSize:     TermMaxReadFrameSize,
+				},
+			}
+			srv.Protocols = new(http.Protocols)
+			srv.Protocols.SetHTTP1(true)
+			srv.Protocols.SetHTTP2(true)
+			return srv
+		}
+		t.tlsSrv = newSrv(http.HandlerFunc(s.serveTerminated))
+		t.tlsSrv.ConnContext = withTLSState
+		t.plain = newSrv(http.HandlerFunc(s.servePlain))
+		go t.tlsSrv.Serve(t.tlsLn)
+		go t.plain.Serve(t.httpLn)
+		s.terminator = t
+	})
+	return s.terminator
+}
+
+// shutdownTerm stops the terminating servers gracefully: idle keep-alive
+// connections close now, active requests get until ctx is done.
+func (s *Server) shutdownTerm(ctx context.Context) {
+	t := s.terminator
+	if t == nil {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, srv := range []*http.Server{t.tlsSrv, t.plain} {
+		wg.Add(1)
+		go func() { defer wg.Done(); srv.Shutdown(ctx) }()
+	}
+	wg.Wait()
+}
+
+// terminate completes the TLS handshake for a terminated host and hands
+// the connection to the in-process HTTP server. It returns when the
+// connection has closed, so the connection is logged and counted whole.
+func (s *Server) terminate(c net.Conn, peeked []byte, r *route, l *connLog) {
+	if s.Certs == nil {
+		l.outcome, l.err = outcomeHandshake, errors.New("no certificate source configured")
+		c.Close()
+		return
+	}
+	tc := &trackedConn{Conn: newPrefixConn(c, peeked), done: make(chan struct{})}
+	tlsConn := tls.Server(tc, s.Certs.TLSConfig())
+	tlsConn.SetDeadline(time.Now().Add(r.timeouts.Hello))
+	if err := tlsConn.Handshake(); err != nil {
+		l.outcome, l.err = outcomeHandshake, err
+		tlsConn.Close()
+		l.fromClient, l.toClient = tc.in.Load(), tc.out.Load()
+		return
+	}
+	tlsConn.SetDeadline(time.Time{})
+	if tlsConn.ConnectionState().NegotiatedProtocol == "acme-tls/1" {
+		// A CA validating TLS-ALPN-01: the handshake was the whole answer.
+		l.outcome = outcomeTerminated
+		tlsConn.Close()
+		return
+	}
+	var handed net.Conn = tlsConn
+	if tlsConn.ConnectionState().NegotiatedProtocol != "h2" {
+		handed = guardHTTP1(tlsConn, bufio.NewReaderSize(tlsConn, 4096))
+	}
+	if !s.term().tlsLn.hand(handed) {
+		l.outcome = outcomeShutdown
+		tlsConn.Close()
+		return
+	}
+	<-tc.done
+	l.outcome = outcomeTerminated
+	l.fromClient, l.toClient = tc.in.Load(), tc.out.Load()
+}
+
+// terminateHTTP hands a :80 connection whose first request is for a
+// terminated host to the in-process plain HTTP server, replaying the head.
 func (s *Server) terminateHTTP(c net.Conn, br *bufio.Reader, h *reqHead, r *route, l *connLog) {
-	l.outcome = outcomeUnknownHost
-	writeStatus(c, http.StatusMisdirectedRequest, "no route for this host")
+	buffered, _ := br.Peek(br.Buffered())
+	replay := append(append([]byte(nil), h.raw...), buffered...)
+	tc := &trackedConn{Conn: newPrefixConn(c, replay), done: make(chan struct{})}
+	if !s.term().httpLn.hand(guardHTTP1(tc, bufio.NewReaderSize(tc, 4096))) {
+		l.outcome = outcomeShutdown
+		c.Close()
+		return
+	}
+	<-tc.done
+	l.outcome = outcomeTerminated
+	l.fromClient, l.toClient = tc.in.Load(), tc.out.Load()
+}
+
+// trackedConn counts bytes and reports when the HTTP server closes it.
+type trackedConn struct {
+	net.Conn
+	in, out atomic.Int64
+	once    sync.Once
+	done    chan struct{}
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { close(c.done) })
+	return err
+}
+
+// guardedConn holds HTTP/1.x requests to the same strict rules as the :80
+// relay before Go's HTTP server sees them. Go's server is lenient where
+// a proxy must not be: it accepts bare LF line ends, obs-fold and
+// Content-Length beside Transfer-Encoding, each a way to make two parsers
+// disagree about where a request ends. A goroutine reads each request head
+// and body with readHead and copyBody and passes exactly the checked bytes
+// through a pipe; the first refused request gets its status, later ones
+// end the connection.
+type guardedConn struct {
+	net.Conn          // the client connection: writes, addresses, close
+	pipe     net.Conn // checked request bytes, with the server's read deadlines
+}
+
+func guardHTTP1(c net.Conn, br *bufio.Reader) *guardedConn {
+	inner, outer := net.Pipe()
+	go guardRequests(c, br, inner)
+	return &guardedConn{Conn: c, pipe: outer}
+}
+
+func guardRequests(c net.Conn, br *bufio.Reader, w net.Conn) {
+	defer w.Close()
+	for first := true; ; first = false {
+		h, err := readHead(br)
+		if err != nil {
+			var he *headError
+			if first && errors.As(err, &he) {
+				writeStatus(c, he.Status, he.Msg)
+			}
+			return
+		}
+		if _, err := w.Write(h.raw); err != nil {
+			return
+		}
+		if _, err := copyBody(w, br, h); err != nil {
+			return
+		}
+		if h.upgrade {
+			io.Copy(w, br)
+			return
+		}
+	}
+}
+
+type tlsStateKey struct{}
+
+// withTLSState keeps the TLS state of a guarded HTTP/1.x connection, which
+// Go's server cannot see through the guard, for the handler to restore.
+func withTLSState(ctx context.Context, c net.Conn) context.Context {
+	if g, ok := c.(*guardedConn); ok {
+		if tc, ok := g.Conn.(*tls.Conn); ok {
+			st := tc.ConnectionState()
+			return context.WithValue(ctx, tlsStateKey{}, &st)
+		}
+	}
+	return ctx
+}
+
+// Reads, and the deadlines Go's server sets on them (including the one it
+// uses to abort a background read at hijack), act on the pipe, never on
+// the guard's own reads from the network.
+func (g *guardedConn) Read(p []byte) (int, error)        { return g.pipe.Read(p) }
+func (g *guardedConn) SetReadDeadline(t time.Time) error { return g.pipe.SetReadDeadline(t) }
+
+func (g *guardedConn) SetDeadline(t time.Time) error {
+	g.pipe.SetReadDeadline(t)
+	return g.Conn.SetWriteDeadline(t)
+}
+
+func (g *guardedConn) Close() error {
+	g.pipe.Close()
+	return g.Conn.Close()
+}
+
+// chanListener is a net.Listener fed with connections the relay has
+// already accepted and routed.
+type chanListener struct {
+	ch     chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+// hand gives c to the server, or reports false once the listener is closed.
+func (l *chanListener) hand(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return chanAddr{} }
+
+type chanAddr struct{}
+
+func (chanAddr) Network() string { return "relay46" }
+func (chanAddr) String() string  { return "in-process" }
+
+var _ net.Listener = (*chanListener)(nil)
+
+// drainBody discards a small request body so the connection can be reused.
+func drainBody(r *http.Request) {
+	io.CopyN(io.Discard, r.Body, 64<<10)
 }
