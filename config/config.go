@@ -81,7 +81,16 @@ type ACME struct {
 	CA      string // directory URL (the names letsencrypt and letsencrypt-staging are mapped)
 	CARoot  string // PEM file trusted for the CA's directory, "" for system roots
 	Storage string
+	// Challenges the relay may answer: http-01 (on :80) and tls-alpn-01
+	// (on :443). Default both.
+	Challenges []string
 }
+
+// ACME challenge types, as written in acme.challenges.
+const (
+	ChallengeHTTP01    = "http-01"
+	ChallengeTLSALPN01 = "tls-alpn-01"
+)
 
 // Log configures logging.
 type Log struct {

@@ -78,7 +78,7 @@ func TestValidConfig(t *testing.T) {
 		UnknownSNI:    "reject",
 		Timeouts:      defaultTimeouts,
 		ShutdownGrace: 30 * time.Second,
-		ACME:          ACME{Email: "admin@example.com", CA: "letsencrypt", Storage: "/var/lib/relay46"},
+		ACME:          ACME{Email: "admin@example.com", CA: "letsencrypt", Storage: "/var/lib/relay46", Challenges: []string{ChallengeHTTP01, ChallengeTLSALPN01}},
 		Log:           Log{Format: "json", Level: "info"},
 	}
 	checkConfig(t, cfg, want)
@@ -113,7 +113,7 @@ routes:
 		UnknownSNI:    UnknownSNIReject,
 		Timeouts:      Timeouts{Hello: DefaultHelloTimeout, Dial: DefaultDialTimeout, Idle: DefaultIdleTimeout},
 		ShutdownGrace: DefaultShutdownGrace,
-		ACME:          ACME{CA: "letsencrypt", Storage: DefaultStorage},
+		ACME:          ACME{CA: "letsencrypt", Storage: DefaultStorage, Challenges: []string{ChallengeHTTP01, ChallengeTLSALPN01}},
 		Log:           Log{Format: "json", Level: "info"},
 	}
 	checkConfig(t, cfg, want)
@@ -256,7 +256,7 @@ routes:
 				if !reflect.DeepEqual(c.Routes[0], want) {
 					t.Errorf("route:\n got %+v\nwant %+v", c.Routes[0], want)
 				}
-				if want := (ACME{CA: "https://localhost:14000/dir", CARoot: "pebble.pem", Storage: "/tmp/relay46"}); c.ACME != want {
+				if want := (ACME{CA: "https://localhost:14000/dir", CARoot: "pebble.pem", Storage: "/tmp/relay46", Challenges: []string{ChallengeHTTP01, ChallengeTLSALPN01}}); !reflect.DeepEqual(c.ACME, want) {
 					t.Errorf("acme = %+v, want %+v", c.ACME, want)
 				}
 				if c.Log != (Log{Format: "console", Level: "debug"}) || c.ShutdownGrace != 0 {

@@ -38,10 +38,11 @@ type rawTimeouts struct {
 }
 
 type rawACME struct {
-	Email   string `yaml:"email"`
-	CA      string `yaml:"ca"`
-	CARoot  string `yaml:"ca_root"`
-	Storage string `yaml:"storage"`
+	Email      string   `yaml:"email"`
+	CA         string   `yaml:"ca"`
+	CARoot     string   `yaml:"ca_root"`
+	Storage    string   `yaml:"storage"`
+	Challenges []string `yaml:"challenges"`
 }
 
 type rawLog struct {
@@ -104,7 +105,7 @@ func (d *decoder) build(raw *rawConfig) *Config {
 		cfg.ShutdownGrace = raw.ShutdownGrace.D()
 	}
 	d.applyTimeouts(&cfg.Timeouts, raw.Timeouts, "timeouts")
-	cfg.ACME = ACME{Email: raw.ACME.Email, CA: raw.ACME.CA, CARoot: raw.ACME.CARoot, Storage: raw.ACME.Storage}
+	cfg.ACME = ACME{Email: raw.ACME.Email, CA: raw.ACME.CA, CARoot: raw.ACME.CARoot, Storage: raw.ACME.Storage, Challenges: raw.ACME.Challenges}
 	if cfg.ACME.CA == "" {
 		cfg.ACME.CA = "letsencrypt"
 	}
@@ -189,6 +190,14 @@ func (d *decoder) checkACME(a *ACME) {
 	}
 	if a.Email != "" && !strings.Contains(a.Email, "@") {
 		d.errAt("acme.email", "%q is not an email address", a.Email)
+	}
+	for i, c := range a.Challenges {
+		if c != ChallengeHTTP01 && c != ChallengeTLSALPN01 {
+			d.errAt(fmt.Sprintf("acme.challenges[%d]", i), "%q is not %s or %s", c, ChallengeHTTP01, ChallengeTLSALPN01)
+		}
+	}
+	if len(a.Challenges) == 0 {
+		a.Challenges = []string{ChallengeHTTP01, ChallengeTLSALPN01}
 	}
 }
 
@@ -353,6 +362,13 @@ func (d *decoder) checkTerminate(r *Route, raw *rawRoute, key string) {
 	}
 	if r.ProxyProtocol != ProxyOff {
 		d.errAt(key+".proxy_protocol", "only applies to mode: passthrough (terminated routes send X-Forwarded-For)")
+	}
+	if raw.CertFile == "" {
+		for i, h := range r.Hosts {
+			if strings.HasPrefix(h, "*.") {
+				d.errAt(fmt.Sprintf("%s.hosts[%d]", key, i), "%q: ACME over HTTP-01 or TLS-ALPN-01 cannot issue wildcard certificates; give cert_file and key_file for it", h)
+			}
+		}
 	}
 	switch {
 	case r.CertFile != "" && r.KeyFile == "":

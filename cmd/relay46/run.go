@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/relay46/relay46/acme"
 	"github.com/relay46/relay46/admin"
 	"github.com/relay46/relay46/config"
 	"github.com/relay46/relay46/metrics"
@@ -67,7 +68,8 @@ type daemon struct {
 	listen  func(network, addr string) (net.Listener, error)
 	ready   chan<- map[proxy.Protocol]net.Addr // tests learn bound addresses here
 
-	srv *proxy.Server
+	srv   *proxy.Server
+	certs *acme.Manager // nil until a terminated route needs certificates
 
 	mu        sync.Mutex
 	cfg       *config.Config
@@ -85,6 +87,14 @@ const adminListener proxy.Protocol = "admin"
 
 func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 	d.srv = &proxy.Server{Logger: d.logger, Metrics: d.metrics}
+	if err := d.applyCerts(ctx, cfg, nil); err != nil {
+		return err
+	}
+	defer func() {
+		if d.certs != nil {
+			d.certs.Close()
+		}
+	}()
 	if err := d.srv.Apply(cfg); err != nil {
 		return err
 	}
@@ -240,6 +250,9 @@ func (d *daemon) reloadLocked() error {
 		return err
 	}
 	prev := d.cfg
+	if err := d.applyCerts(context.Background(), cfg, prev); err != nil {
+		return err
+	}
 	if err := d.srv.Apply(cfg); err != nil {
 		return err
 	}
