@@ -26,7 +26,9 @@ func (s *Server) handleHTTP(c net.Conn, t *table) {
 
 	br := bufio.NewReaderSize(c, 4096)
 	c.SetReadDeadline(time.Now().Add(t.cfg.Timeouts.Hello))
+	handshakeDone := s.lim.handshaking()
 	h, err := readHead(br)
+	handshakeDone()
 	c.SetReadDeadline(time.Time{})
 	if err != nil {
 		l.err = err

@@ -65,6 +65,7 @@ type Server struct {
 
 	termOnce   sync.Once
 	terminator *terminator
+	lim        limiter
 
 	table atomic.Pointer[table]
 
@@ -74,6 +75,10 @@ type Server struct {
 	closed    bool
 	wg        sync.WaitGroup // one per live connection
 }
+
+// SetLimits installs flood limits; connections already admitted are not
+// affected. Safe to call at any time.
+func (s *Server) SetLimits(l Limits) { s.lim.limits.Store(&l) }
 
 // Apply validates and installs cfg. Connections already open keep the
 // route they were given; new ones see cfg.
@@ -133,11 +138,20 @@ func (s *Server) Serve(ln net.Listener, p Protocol) error {
 			continue
 		}
 		backoff = 0
+		reason, release := s.lim.admit(addrPort(c.RemoteAddr()).Addr())
+		if reason != "" {
+			s.refuse(c, p, reason)
+			continue
+		}
 		if !s.addConn(c) {
+			release()
 			c.Close()
 			continue
 		}
-		go s.handle(c, p)
+		go func() {
+			defer release()
+			s.handle(c, p)
+		}()
 	}
 }
 

@@ -128,7 +128,10 @@ func (s *Server) terminate(c net.Conn, peeked []byte, r *route, l *connLog) {
 	tc := &trackedConn{Conn: newPrefixConn(c, peeked), done: make(chan struct{})}
 	tlsConn := tls.Server(tc, s.Certs.TLSConfig())
 	tlsConn.SetDeadline(time.Now().Add(r.timeouts.Hello))
-	if err := tlsConn.Handshake(); err != nil {
+	handshakeDone := s.lim.handshaking()
+	err := tlsConn.Handshake()
+	handshakeDone()
+	if err != nil {
 		l.outcome, l.err = outcomeHandshake, err
 		tlsConn.Close()
 		l.fromClient, l.toClient = tc.in.Load(), tc.out.Load()

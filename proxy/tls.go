@@ -16,7 +16,9 @@ func (s *Server) handleTLS(c net.Conn, t *table) {
 	defer s.finish(l)
 
 	c.SetReadDeadline(time.Now().Add(t.cfg.Timeouts.Hello))
+	handshakeDone := s.lim.handshaking()
 	hello, peeked, err := PeekHello(c)
+	handshakeDone()
 	c.SetReadDeadline(time.Time{})
 	l.fromClient = int64(len(peeked))
 	if err != nil {
