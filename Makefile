@@ -7,11 +7,22 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 # use it too, so what CI builds is what ships.
 BUILD    := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)"
 FUZZTIME ?= 10s
+OUT      ?= relay46
+DIST     ?= dist
 
-.PHONY: build test vet unit fuzz-short demo clean
+.PHONY: build release test vet unit fuzz-short demo clean
 
 build:
-	$(BUILD) -o relay46 ./cmd/relay46
+	$(BUILD) -o $(OUT) ./cmd/relay46
+
+# Static binaries for the hosts relay46 runs on (armv7: a Raspberry Pi with
+# a 32-bit OS) and their checksums, each built with BUILD.
+release:
+	mkdir -p $(DIST)
+	GOOS=linux GOARCH=amd64 $(BUILD) -o $(DIST)/relay46-linux-amd64 ./cmd/relay46
+	GOOS=linux GOARCH=arm64 $(BUILD) -o $(DIST)/relay46-linux-arm64 ./cmd/relay46
+	GOOS=linux GOARCH=arm GOARM=7 $(BUILD) -o $(DIST)/relay46-linux-armv7 ./cmd/relay46
+	cd $(DIST) && sha256sum relay46-linux-amd64 relay46-linux-arm64 relay46-linux-armv7 >SHA256SUMS
 
 test: vet unit fuzz-short
 

@@ -89,7 +89,7 @@ shutdown_grace: 2s
 	}
 	ready := make(chan map[proxy.Protocol]net.Addr, 1)
 	d := &daemon{
-		path: cfgPath, logger: logger, listen: net.Listen, ready: ready,
+		path: cfgPath, logger: logger, listen: netListen, ready: ready,
 		metrics: metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{Version: version, GoVersion: goVersion()}),
 	}
 	runCtx, cancel := context.WithCancel(ctx)

@@ -5,6 +5,8 @@
 //	relay46 run -config /etc/relay46/relay46.yaml
 //	relay46 check -config relay46.yaml
 //	relay46 demo
+//	relay46 health
+//	relay46 reload
 //	relay46 version
 package main
 
@@ -29,6 +31,8 @@ Usage:
   relay46 run -config FILE     relay as configured (also: relay46 -config FILE)
   relay46 check -config FILE   validate a config file and explain what it does
   relay46 demo                 run a self-contained demonstration on loopback
+  relay46 health               exit 0 if the running relay answers on its admin listener
+  relay46 reload               make the running relay reload its config (like SIGHUP)
   relay46 version              print the version
 
 Run "relay46 COMMAND -h" for a command's flags.
@@ -58,6 +62,10 @@ func realMainCtx(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		err = cmdCheck(args, stdout)
 	case "demo":
 		err = cmdDemo(ctx, args, stdout, stderr)
+	case "health":
+		err = cmdHealth(ctx, args, stdout, stderr)
+	case "reload":
+		err = cmdReload(ctx, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, versionString())
 	case "help", "-h", "--help":

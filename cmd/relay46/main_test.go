@@ -134,7 +134,7 @@ func startDaemon(t *testing.T, cfgText string) (*daemon, map[proxy.Protocol]net.
 	}
 	ready := make(chan map[proxy.Protocol]net.Addr, 1)
 	d := &daemon{
-		path: path, logger: zap.NewNop(), listen: net.Listen, ready: ready,
+		path: path, logger: zap.NewNop(), listen: netListen, ready: ready,
 		metrics: metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{Version: "test"}),
 	}
 	ctx, cancel := context.WithCancel(context.Background())

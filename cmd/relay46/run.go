@@ -44,11 +44,15 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer logger.Sync()
+	act, err := activationFromEnv(logger)
+	if err != nil {
+		return err
+	}
 	d := &daemon{
 		path:    *path,
 		logger:  logger,
 		metrics: metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{Version: version, GoVersion: goVersion()}),
-		listen:  net.Listen,
+		listen:  act.listen,
 	}
 	return d.run(ctx, cfg)
 }
@@ -65,7 +69,7 @@ type daemon struct {
 	path    string
 	logger  *zap.Logger
 	metrics *metrics.Metrics
-	listen  func(network, addr string) (net.Listener, error)
+	listen  func(role, network, addr string) (net.Listener, error)
 	ready   chan<- map[proxy.Protocol]net.Addr // tests learn bound addresses here
 
 	srv   *proxy.Server
@@ -141,7 +145,7 @@ func (d *daemon) bind(cfg *config.Config) error {
 		if cur := d.listeners[p]; cur != nil && cur.addr == addr {
 			continue
 		}
-		ln, err := d.listen("tcp", addr)
+		ln, err := d.listen(string(p), "tcp", addr)
 		if err != nil {
 			for _, b := range opened {
 				b.ln.Close()
