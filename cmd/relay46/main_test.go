@@ -65,7 +65,7 @@ func TestDemoOnce(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo exit %d\n%s\n%s", code, out.String(), errOut.String())
 	}
-	for _, want := range []string{"you are 127.0.0.1:", "hello from the IPv6-only origin [::1]:", "refused: ", "unrecognized name"} {
+	for _, want := range []string{"you are 127.0.0.1:", "hello from the IPv6-only origin [::1]:", "you are 127.0.0.1 (X-Forwarded-For; X-Forwarded-Proto: https)", "HTTP/2.0", "refused: ", "unrecognized name"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
 		}
@@ -101,8 +101,8 @@ func TestDemoCurlCommands(t *testing.T) {
 		}
 	}
 	go io.Copy(io.Discard, pr)
-	if len(cmds) != 4 {
-		t.Fatalf("demo printed %d curl commands, want 4: %q", len(cmds), cmds)
+	if len(cmds) != 5 {
+		t.Fatalf("demo printed %d curl commands, want 5: %q", len(cmds), cmds)
 	}
 	run := func(cmd string) (string, error) {
 		out, err := exec.Command("bash", "-c", cmd+" --silent --show-error --max-time 5").CombinedOutput()
@@ -111,6 +111,7 @@ func TestDemoCurlCommands(t *testing.T) {
 	for i, want := range []*regexp.Regexp{
 		regexp.MustCompile(`you are 127\.0\.0\.1:\d+ \(learned from PROXY protocol v2\)`),
 		regexp.MustCompile(`acme-challenge/demo-token over plain HTTP`),
+		regexp.MustCompile(`you are 127\.0\.0\.1 \(X-Forwarded-For; X-Forwarded-Proto: https\)`),
 		regexp.MustCompile(`unrecognized name|alert`),
 		regexp.MustCompile(`no route for this host`),
 	} {
