@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"reflect"
 	"strconv"
@@ -39,6 +40,37 @@ const (
 	DefaultStorage        = "/var/lib/relay46"
 	UnknownSNIReject      = "reject"
 	maxConfigBytes        = 4 << 20
+
+	// Hostname upstreams: a DNS answer is used for its TTL, but never for
+	// less than the floor (to spare the resolver) nor more than the
+	// ceiling (so a home behind a long TTL is still followed).
+	DefaultDNSTTLFloor   = 5 * time.Second
+	DefaultDNSTTLCeiling = 5 * time.Minute
+
+	// Pushed updates: each route accepts a burst of this many, then one
+	// more per refill period; more are answered "abuse" (HTTP 429).
+	DefaultUpdateBurst  = 5
+	DefaultUpdateRefill = time.Minute
+
+	// Active health checks (health_check:), when a route asks for them.
+	DefaultHealthInterval     = 10 * time.Second
+	DefaultHealthTimeout      = 3 * time.Second
+	DefaultHealthFall         = 3 // consecutive failures before an address is down
+	DefaultHealthRise         = 2 // consecutive successes before it is up again
+	DefaultHealthExpectStatus = 200
+
+	// Passive ejection: after this many consecutive failed dials an
+	// address is tried last, for this long.
+	DefaultEjectFailures = 2
+	DefaultEjectDuration = 30 * time.Second
+
+	// Ports of upstreams whose address is pushed (address_from or
+	// prefix_from): TLS (passthrough) and :80.
+	DefaultUpstreamPort     = 443
+	DefaultUpstreamHTTPPort = 80
+	// InterfaceIDBits is how much of an address interface_id replaces:
+	// the pushed address keeps its /64 prefix.
+	InterfaceIDBits = 64
 )
 
 // Config is a validated relay46 configuration. All defaults are filled in:
@@ -55,6 +87,13 @@ type Config struct {
 	ShutdownGrace time.Duration
 	ACME          ACME
 	Log           Log
+	// Resolvers are the DNS servers (ip:port) asked for hostname
+	// upstreams; empty means the system's (/etc/resolv.conf).
+	Resolvers []string
+	// DNSTTL bounds how long an answer is used before it is asked again.
+	DNSTTL TTLBounds
+	// Updates is the endpoint where homes push their address (dyndns2).
+	Updates Updates
 }
 
 // Listen holds the public listener addresses; "" disables one.
@@ -119,6 +158,29 @@ type Route struct {
 	CertFile, KeyFile  string
 	UpstreamCA         string
 	UpstreamServerName string
+
+	// Upstreams are where the route's traffic goes, in priority order;
+	// always at least one. "upstream:" is shorthand for a list of one, and
+	// Upstream is the first of them as written, for messages.
+	Upstreams []Upstream
+	// HTTPOnlyUpstreams take the route's :80 traffic when http_upstream
+	// names another host than upstream; otherwise :80 goes to each
+	// upstream's HTTPPort and this is empty.
+	HTTPOnlyUpstreams []Upstream
+	Balance           Balance
+	// AllowedPrefixes, when set, are the only networks an upstream address
+	// may be in, whether it is written, resolved or pushed.
+	AllowedPrefixes []netip.Prefix
+	// Identity, when set, is checked on every new upstream address before
+	// it is used (passthrough routes).
+	Identity *Identity
+	// HealthCheck, when set, probes every upstream address actively.
+	HealthCheck *HealthCheck
+	// Ejection sets aside an address after consecutive failed dials.
+	Ejection Ejection
+	// Update, when set, lets the home push its address for the route's
+	// hosts to the update endpoint with these credentials.
+	Update *UpdateAuth
 }
 
 // Load reads and validates the config file at path.

@@ -63,6 +63,9 @@ func TestValidConfig(t *testing.T) {
 				Timeouts:      defaultTimeouts,
 				MaxBody:       256 << 20,
 				RedirectHTTP:  true,
+				Upstreams:     []Upstream{{Address: "[2001:db8::2:64]:443", Host: "2001:db8::2:64", Port: 443, HTTPPort: 80}},
+				Balance:       Priority,
+				Ejection:      defaultEjection,
 			},
 			{
 				Name:          "blog",
@@ -73,6 +76,9 @@ func TestValidConfig(t *testing.T) {
 				Timeouts:      defaultTimeouts,
 				MaxBody:       256 << 20,
 				RedirectHTTP:  true,
+				Upstreams:     []Upstream{{Address: "http://[2001:db8::2:64]:8080", Scheme: "http", Host: "2001:db8::2:64", Port: 8080}},
+				Balance:       Priority,
+				Ejection:      defaultEjection,
 			},
 		},
 		UnknownSNI:    "reject",
@@ -80,6 +86,8 @@ func TestValidConfig(t *testing.T) {
 		ShutdownGrace: 30 * time.Second,
 		ACME:          ACME{Email: "admin@example.com", CA: "letsencrypt", Storage: "/var/lib/relay46", Challenges: []string{ChallengeHTTP01, ChallengeTLSALPN01}},
 		Log:           Log{Format: "json", Level: "info"},
+		DNSTTL:        defaultDNSTTL,
+		Updates:       defaultUpdates,
 	}
 	checkConfig(t, cfg, want)
 }
@@ -109,12 +117,17 @@ routes:
 			Timeouts:      Timeouts{Hello: DefaultHelloTimeout, Dial: DefaultDialTimeout, Idle: DefaultIdleTimeout},
 			MaxBody:       DefaultMaxBody,
 			RedirectHTTP:  true,
+			Upstreams:     []Upstream{{Address: "[2001:db8::1]:443", Host: "2001:db8::1", Port: 443, HTTPPort: DefaultUpstreamHTTPPort}},
+			Balance:       Priority,
+			Ejection:      defaultEjection,
 		}},
 		UnknownSNI:    UnknownSNIReject,
 		Timeouts:      Timeouts{Hello: DefaultHelloTimeout, Dial: DefaultDialTimeout, Idle: DefaultIdleTimeout},
 		ShutdownGrace: DefaultShutdownGrace,
 		ACME:          ACME{CA: "letsencrypt", Storage: DefaultStorage, Challenges: []string{ChallengeHTTP01, ChallengeTLSALPN01}},
 		Log:           Log{Format: "json", Level: "info"},
+		DNSTTL:        defaultDNSTTL,
+		Updates:       defaultUpdates,
 	}
 	checkConfig(t, cfg, want)
 }
@@ -252,6 +265,9 @@ routes:
 					KeyFile:            "blog.key",
 					UpstreamCA:         "home-ca.pem",
 					UpstreamServerName: "home.internal",
+					Upstreams:          []Upstream{{Address: "https://home.example.net:8443/", Scheme: "https", Host: "home.example.net", Port: 8443}},
+					Balance:            Priority,
+					Ejection:           defaultEjection,
 				}
 				if !reflect.DeepEqual(c.Routes[0], want) {
 					t.Errorf("route:\n got %+v\nwant %+v", c.Routes[0], want)

@@ -13,6 +13,7 @@ import (
 // testdata/fuzz/FuzzParse.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(exampleYAML))
+	f.Add([]byte(upstreamsYAML))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := Parse("fuzz.yaml", data)
 		if err != nil {
@@ -104,6 +105,7 @@ func checkFuzzConfig(t *testing.T, cfg *Config) {
 			}
 		}
 	}
+	checkFuzzUpstreams(t, cfg)
 	if cfg.UnknownSNI != UnknownSNIReject && cfg.Route(cfg.UnknownSNI) == nil {
 		t.Fatalf("unknown_sni %q names no route", cfg.UnknownSNI)
 	}

@@ -75,3 +75,15 @@ const (
 	ProxyV1  ProxyProtocol = "v1"
 	ProxyV2  ProxyProtocol = "v2"
 )
+
+// Balance says how a route with several upstreams spreads new connections.
+type Balance string
+
+// The balance settings.
+const (
+	// Priority sends every connection to the first healthy upstream in the
+	// order written; the others are standbys.
+	Priority Balance = "priority"
+	// RoundRobin takes turns among the healthy upstreams.
+	RoundRobin Balance = "round_robin"
+)

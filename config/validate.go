@@ -24,6 +24,9 @@ type rawConfig struct {
 	ShutdownGrace *Duration   `yaml:"shutdown_grace"`
 	ACME          rawACME     `yaml:"acme"`
 	Log           rawLog      `yaml:"log"`
+	Resolvers     []string    `yaml:"resolvers"`
+	DNSTTL        rawTTL      `yaml:"dns_ttl"`
+	Updates       *rawUpdates `yaml:"updates"`
 }
 
 type rawListen struct {
@@ -66,6 +69,16 @@ type rawRoute struct {
 	KeyFile            string      `yaml:"key_file"`
 	UpstreamCA         string      `yaml:"upstream_ca"`
 	UpstreamServerName string      `yaml:"upstream_server_name"`
+
+	Upstreams       []rawUpstream   `yaml:"upstreams"`
+	Balance         string          `yaml:"balance"`
+	AllowedPrefixes []string        `yaml:"allowed_prefixes"`
+	IdentityCheck   *bool           `yaml:"identity_check"`
+	IdentityCA      string          `yaml:"identity_ca"`
+	PinSHA256       []string        `yaml:"pin_sha256"`
+	HealthCheck     *rawHealthCheck `yaml:"health_check"`
+	Ejection        rawEjection     `yaml:"ejection"`
+	Update          *rawUpdateAuth  `yaml:"update"`
 }
 
 var routeName = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
@@ -114,6 +127,7 @@ func (d *decoder) build(raw *rawConfig) *Config {
 	}
 	d.checkACME(&cfg.ACME)
 	d.checkLog(&cfg.Log, raw.Log)
+	d.buildResolvers(cfg, raw)
 
 	if len(raw.Routes) == 0 {
 		d.errAt("routes", "no routes: add at least one (see the README's configuration reference)")
@@ -141,6 +155,7 @@ func (d *decoder) build(raw *rawConfig) *Config {
 			d.errAt("unknown_sni", "%q is neither %q nor the name of a route", cfg.UnknownSNI, UnknownSNIReject)
 		}
 	}
+	d.buildUpdates(cfg, raw)
 	return cfg
 }
 
@@ -278,24 +293,13 @@ func (d *decoder) buildRoute(raw *rawRoute, key string, defaults Timeouts) *Rout
 	} else {
 		d.checkPassthrough(r, raw, key)
 	}
+	d.checkRouteUpstreams(r, raw, key)
 	return r
 }
 
 func (d *decoder) checkPassthrough(r *Route, raw *rawRoute, key string) {
-	if r.Upstream == "" {
-		d.fail(d.lines[key], key+".upstream", "a route needs an upstream, like \"[2001:db8::2:64]:443\" or \"home.example.net:443\"")
-		return
-	}
-	host, err := d.checkHostPort(key+".upstream", r.Upstream, r.AllowIPv4)
-	if err != nil {
-		return
-	}
-	r.HTTPUpstream = net.JoinHostPort(host, "80")
-	if raw.HTTPUpstream != nil {
-		r.HTTPUpstream = *raw.HTTPUpstream
-		if r.HTTPUpstream != "" {
-			d.checkHostPort(key+".http_upstream", r.HTTPUpstream, r.AllowIPv4)
-		}
+	if !d.buildUpstreamList(r, raw, key) {
+		d.passthroughShorthand(r, raw, key)
 	}
 	for _, k := range []struct {
 		set  bool
@@ -310,6 +314,28 @@ func (d *decoder) checkPassthrough(r *Route, raw *rawRoute, key string) {
 			d.errAt(key+"."+k.name, "only applies to mode: terminate (this route passes TLS through)")
 		}
 	}
+}
+
+// passthroughShorthand reads "upstream:" and "http_upstream:".
+func (d *decoder) passthroughShorthand(r *Route, raw *rawRoute, key string) {
+	if r.Upstream == "" {
+		d.fail(d.lines[key], key+".upstream", "a route needs an upstream, like \"[2001:db8::2:64]:443\" or \"home.example.net:443\"")
+		return
+	}
+	host, err := d.checkHostPort(key+".upstream", r.Upstream, r.AllowIPv4)
+	if err != nil {
+		return
+	}
+	r.HTTPUpstream = net.JoinHostPort(host, "80")
+	if raw.HTTPUpstream != nil {
+		r.HTTPUpstream = *raw.HTTPUpstream
+		if r.HTTPUpstream != "" {
+			if _, err := d.checkHostPort(key+".http_upstream", r.HTTPUpstream, r.AllowIPv4); err != nil {
+				return
+			}
+		}
+	}
+	shorthandUpstreams(r)
 }
 
 // checkHostPort validates an upstream host:port and returns its host.
@@ -388,28 +414,22 @@ func (d *decoder) checkTerminate(r *Route, raw *rawRoute, key string) {
 		}
 		r.TrustedProxies = append(r.TrustedProxies, p)
 	}
+	if d.buildUpstreamList(r, raw, key) {
+		if len(r.Upstreams) > 0 && r.Upstreams[0].Scheme == "http" && (r.UpstreamCA != "" || r.UpstreamServerName != "") {
+			d.errAt(key+".upstreams", "upstream_ca and upstream_server_name need https upstreams")
+		}
+		return
+	}
 	if r.Upstream == "" {
 		d.fail(d.lines[key], key+".upstream", "a terminated route needs an upstream URL, like \"http://[2001:db8::2:64]:8080\"")
 		return
 	}
-	u, err := url.Parse(r.Upstream)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		d.errAt(key+".upstream", "%q is not an http:// or https:// URL (mode: terminate proxies HTTP)", r.Upstream)
-		return
-	}
-	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {
-		d.errAt(key+".upstream", "%q: give only scheme, host and port; paths are passed through unchanged", r.Upstream)
-	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			d.errAt(key+".upstream", "port %q is not a number from 1 to 65535", p)
-		}
-	}
-	if err := checkUpstreamHost(u.Hostname(), r.AllowIPv4); err != nil {
-		d.errAt(key+".upstream", "%v", err)
-	}
-	if u.Scheme == "http" && (r.UpstreamCA != "" || r.UpstreamServerName != "") {
+	scheme, _, _, err := d.checkURL(key+".upstream", r.Upstream, r.AllowIPv4)
+	if scheme == "http" && (r.UpstreamCA != "" || r.UpstreamServerName != "") {
 		d.errAt(key+".upstream", "upstream_ca and upstream_server_name need an https:// upstream")
+	}
+	if err == nil {
+		shorthandUpstreams(r)
 	}
 }
 
