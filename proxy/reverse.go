@@ -46,10 +46,7 @@ func (s *Server) setupTerminate(r *route) error {
 	if port == "" {
 		port = map[string]string{"http": "80", "https": "443"}[target.Scheme]
 	}
-	up, err := upstream.Parse(net.JoinHostPort(target.Hostname(), port), rc.AllowIPv4, s.Resolver)
-	if err != nil {
-		return fmt.Errorf("route %s: upstream: %w", rc.Name, err)
-	}
+	up := r.origin // the route's upstream set (upstream package): failover, health, pushed addresses
 	tr := &termRoute{target: target, up: up}
 	for _, p := range rc.TrustedProxies {
 		tr.trusted = append(tr.trusted, netip.MustParsePrefix(p))

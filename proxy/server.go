@@ -67,7 +67,8 @@ type Server struct {
 	terminator *terminator
 	lim        limiter
 
-	table atomic.Pointer[table]
+	table     atomic.Pointer[table]
+	upstreams upstreamRegistry // route upstream sets, kept across reloads (table.go)
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -83,7 +84,7 @@ func (s *Server) SetLimits(l Limits) { s.lim.limits.Store(&l) }
 // Apply validates and installs cfg. Connections already open keep the
 // route they were given; new ones see cfg.
 func (s *Server) Apply(cfg *config.Config) error {
-	t, err := newTable(cfg, s.Resolver)
+	t, err := s.newTable(cfg)
 	if err != nil {
 		return err
 	}
@@ -323,6 +324,7 @@ func (s *Server) doneConn(c net.Conn) {
 // ctx is done, then closes those still open and waits for their
 // goroutines. It is safe to call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
+	defer s.closeUpstreams()
 	s.mu.Lock()
 	s.closed = true
 	for ln := range s.listeners {

@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"fmt"
-	"net"
 	"strings"
+	"sync"
 
 	"github.com/relay46/relay46/config"
 	"github.com/relay46/relay46/upstream"
@@ -15,6 +15,7 @@ type route struct {
 	name     string
 	tls      *upstream.Upstream // passthrough :443 target; nil for terminated routes
 	http     *upstream.Upstream // :80 target; nil when :80 is not relayed
+	origin   *upstream.Upstream // terminated routes: where requests go; nil for passthrough
 	proxyVer int                // PROXY protocol version to send, 0 for none
 	timeouts config.Timeouts
 	term     *termRoute // terminated routes: the reverse proxy (terminate.go)
@@ -29,7 +30,14 @@ type table struct {
 	unknownSNI *route            // nil: reject
 }
 
-func newTable(cfg *config.Config, resolver *net.Resolver) (*table, error) {
+// newTable builds the table for cfg. The routes' upstreams come from the
+// Server's registry, which keeps DNS answers, pushed addresses and health
+// across reloads for routes whose upstream settings did not change.
+func (s *Server) newTable(cfg *config.Config) (*table, error) {
+	ups, err := s.Upstreams().Apply(cfg)
+	if err != nil {
+		return nil, err
+	}
 	t := &table{cfg: cfg, exact: map[string]*route{}, wild: map[string]*route{}}
 	for _, rc := range cfg.Routes {
 		r := &route{cfg: rc, name: rc.Name, timeouts: rc.Timeouts}
@@ -39,16 +47,14 @@ func newTable(cfg *config.Config, resolver *net.Resolver) (*table, error) {
 		case config.ProxyV2:
 			r.proxyVer = 2
 		}
-		var err error
+		up, ok := ups[rc.Name]
+		if !ok {
+			return nil, fmt.Errorf("route %s: no upstreams", rc.Name)
+		}
 		if rc.Mode == config.Passthrough {
-			if r.tls, err = upstream.Parse(rc.Upstream, rc.AllowIPv4, resolver); err != nil {
-				return nil, fmt.Errorf("route %s: upstream: %w", rc.Name, err)
-			}
-			if rc.HTTPUpstream != "" {
-				if r.http, err = upstream.Parse(rc.HTTPUpstream, rc.AllowIPv4, resolver); err != nil {
-					return nil, fmt.Errorf("route %s: http_upstream: %w", rc.Name, err)
-				}
-			}
+			r.tls, r.http = up.Main, up.HTTP
+		} else {
+			r.origin = up.Main
 		}
 		for _, h := range rc.Hosts {
 			if parent, ok := strings.CutPrefix(h, "*."); ok {
@@ -62,6 +68,31 @@ func newTable(cfg *config.Config, resolver *net.Resolver) (*table, error) {
 		}
 	}
 	return t, nil
+}
+
+// upstreamRegistry is the Server's upstream registry, made on first use
+// from the Server's Logger, Metrics and Resolver.
+type upstreamRegistry struct {
+	once sync.Once
+	reg  *upstream.Registry
+}
+
+// Upstreams returns the registry that tracks every route's upstream
+// addresses: the update endpoint pushes addresses into it.
+func (s *Server) Upstreams() *upstream.Registry {
+	s.upstreams.once.Do(func() {
+		s.upstreams.reg = upstream.NewRegistry(upstream.Options{
+			Logger:   s.logger().Named("upstream"),
+			Metrics:  s.Metrics,
+			Resolver: s.Resolver,
+		})
+	})
+	return s.upstreams.reg
+}
+
+// closeUpstreams stops resolving and health-checking.
+func (s *Server) closeUpstreams() {
+	s.Upstreams().Close()
 }
 
 // lookup finds the route for a host name as a client sent it in SNI or
