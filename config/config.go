@@ -87,6 +87,9 @@ type Config struct {
 	ShutdownGrace time.Duration
 	ACME          ACME
 	Log           Log
+	Limits        Limits
+	// DebugPprof serves /debug/pprof/ on the admin listener.
+	DebugPprof bool
 	// Resolvers are the DNS servers (ip:port) asked for hostname
 	// upstreams; empty means the system's (/etc/resolv.conf).
 	Resolvers []string
@@ -158,6 +161,12 @@ type Route struct {
 	CertFile, KeyFile  string
 	UpstreamCA         string
 	UpstreamServerName string
+
+	// AccessLog writes a line per connection and per request for this
+	// route (errors are logged regardless).
+	AccessLog bool
+	// MaxConns caps this route's open connections; 0 means no cap.
+	MaxConns int
 
 	// Upstreams are where the route's traffic goes, in priority order;
 	// always at least one. "upstream:" is shorthand for a list of one, and

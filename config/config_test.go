@@ -63,6 +63,7 @@ func TestValidConfig(t *testing.T) {
 				Timeouts:      defaultTimeouts,
 				MaxBody:       256 << 20,
 				RedirectHTTP:  true,
+				AccessLog:     true,
 				Upstreams:     []Upstream{{Address: "[2001:db8::2:64]:443", Host: "2001:db8::2:64", Port: 443, HTTPPort: 80}},
 				Balance:       Priority,
 				Ejection:      defaultEjection,
@@ -76,6 +77,7 @@ func TestValidConfig(t *testing.T) {
 				Timeouts:      defaultTimeouts,
 				MaxBody:       256 << 20,
 				RedirectHTTP:  true,
+				AccessLog:     true,
 				Upstreams:     []Upstream{{Address: "http://[2001:db8::2:64]:8080", Scheme: "http", Host: "2001:db8::2:64", Port: 8080}},
 				Balance:       Priority,
 				Ejection:      defaultEjection,
@@ -86,6 +88,7 @@ func TestValidConfig(t *testing.T) {
 		ShutdownGrace: 30 * time.Second,
 		ACME:          ACME{Email: "admin@example.com", CA: "letsencrypt", Storage: "/var/lib/relay46", Challenges: []string{ChallengeHTTP01, ChallengeTLSALPN01}},
 		Log:           Log{Format: "json", Level: "info"},
+		Limits:        defaultLimits,
 		DNSTTL:        defaultDNSTTL,
 		Updates:       defaultUpdates,
 	}
@@ -117,6 +120,7 @@ routes:
 			Timeouts:      Timeouts{Hello: DefaultHelloTimeout, Dial: DefaultDialTimeout, Idle: DefaultIdleTimeout},
 			MaxBody:       DefaultMaxBody,
 			RedirectHTTP:  true,
+			AccessLog:     true,
 			Upstreams:     []Upstream{{Address: "[2001:db8::1]:443", Host: "2001:db8::1", Port: 443, HTTPPort: DefaultUpstreamHTTPPort}},
 			Balance:       Priority,
 			Ejection:      defaultEjection,
@@ -126,6 +130,7 @@ routes:
 		ShutdownGrace: DefaultShutdownGrace,
 		ACME:          ACME{CA: "letsencrypt", Storage: DefaultStorage, Challenges: []string{ChallengeHTTP01, ChallengeTLSALPN01}},
 		Log:           Log{Format: "json", Level: "info"},
+		Limits:        defaultLimits,
 		DNSTTL:        defaultDNSTTL,
 		Updates:       defaultUpdates,
 	}
@@ -265,6 +270,7 @@ routes:
 					KeyFile:            "blog.key",
 					UpstreamCA:         "home-ca.pem",
 					UpstreamServerName: "home.internal",
+					AccessLog:          true,
 					Upstreams:          []Upstream{{Address: "https://home.example.net:8443/", Scheme: "https", Host: "home.example.net", Port: 8443}},
 					Balance:            Priority,
 					Ejection:           defaultEjection,
@@ -579,4 +585,9 @@ func checkConfig(t *testing.T, got, want *Config) {
 	if len(got.Routes) != len(want.Routes) {
 		t.Errorf("got %d routes, want %d", len(got.Routes), len(want.Routes))
 	}
+}
+
+var defaultLimits = Limits{
+	MaxConns: DefaultMaxConns, MaxHandshakes: DefaultMaxHandshakes, MaxConnsPerSource: DefaultMaxConnsPerSource,
+	SourceRate: DefaultSourceRate, SourceBurst: DefaultSourceBurst,
 }

@@ -166,7 +166,7 @@ func (d *decoder) decodeStruct(n *yaml.Node, line int, v reflect.Value, path str
 		seen[k.Value] = k.Line
 		idx, ok := fields[k.Value]
 		if !ok {
-			d.fail(k.Line, key, "unknown key %q (known keys here: %s)", k.Value, strings.Join(names, ", "))
+			d.fail(k.Line, key, "unknown key %q (%s)", k.Value, suggest(k.Value, names))
 			continue
 		}
 		d.lines[key] = k.Line
@@ -205,4 +205,40 @@ func typeErr(n *yaml.Node, t reflect.Type, err error) string {
 // scalarParser is implemented by config types written as one string.
 type scalarParser interface {
 	parseScalar(s string) error
+}
+
+// suggest names the known key closest to a misspelt one, or lists the
+// keys allowed here when none is close.
+func suggest(bad string, known []string) string {
+	best, bestDist := "", 3
+	for _, k := range known {
+		if d := editDistance(bad, k); d < bestDist {
+			best, bestDist = k, d
+		}
+	}
+	if best != "" {
+		return fmt.Sprintf("did you mean %q?", best)
+	}
+	return "keys allowed here: " + strings.Join(known, ", ")
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }

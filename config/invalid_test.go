@@ -25,7 +25,7 @@ routes:
     upstream: "[2001:db8::1]:443"
 unknown_host: reject
 `,
-			want: []string{`relay46.yaml:6: unknown_host: unknown key "unknown_host" (known keys here: listen, admin, routes, unknown_sni, timeouts, shutdown_grace, acme, log, resolvers, dns_ttl, updates)`},
+			want: []string{`relay46.yaml:6: unknown_host: unknown key "unknown_host" (keys allowed here: listen, admin, routes, unknown_sni, timeouts, shutdown_grace, acme, log, resolvers, dns_ttl, updates, limits, debug_pprof)`},
 		},
 		{
 			name: "unknown key in a route",
@@ -35,7 +35,7 @@ routes:
     hosts: [a.example]
     upstrem: "[2001:db8::1]:443"
 `,
-			want: []string{`relay46.yaml:5: routes[0].upstrem: unknown key "upstrem" (known keys here: name, hosts, mode, upstream, http_upstream, proxy_protocol, allow_ipv4, timeouts, max_body, trusted_proxies, redirect_http, cert_file, key_file, upstream_ca, upstream_server_name, upstreams, balance, allowed_prefixes, identity_check, identity_ca, pin_sha256, health_check, ejection, update)`},
+			want: []string{`relay46.yaml:5: routes[0].upstrem: unknown key "upstrem" (did you mean "upstream"?)`},
 		},
 		{
 			name: "unknown key in timeouts",
@@ -48,7 +48,7 @@ routes:
     hosts: [a.example]
     upstream: "[2001:db8::1]:443"
 `,
-			want: []string{`relay46.yaml:4: timeouts.read: unknown key "read" (known keys here: hello, dial, idle)`},
+			want: []string{`relay46.yaml:4: timeouts.read: unknown key "read" (keys allowed here: hello, dial, idle)`},
 		},
 		{
 			name: "unknown key in a route's timeouts",
@@ -59,7 +59,7 @@ routes:
     upstream: "[2001:db8::1]:443"
     timeouts: {idle: 1h, write: 1s}
 `,
-			want: []string{`relay46.yaml:6: routes[0].timeouts.write: unknown key "write" (known keys here: hello, dial, idle)`},
+			want: []string{`relay46.yaml:6: routes[0].timeouts.write: unknown key "write" (keys allowed here: hello, dial, idle)`},
 		},
 
 		// Wrong types.
@@ -950,7 +950,7 @@ routes:
 				`relay46.yaml:4: routes[0].hosts: expected a list, got "a.example"`,
 				`relay46.yaml:6: routes[0].allow_ipv4: expected true or false, got "maybe"`,
 				`relay46.yaml:7: routes[0].timeouts.idle: invalid duration "forever" (write it like 5s, 250ms or 1h)`,
-				`relay46.yaml:11: routes[1].proxy: unknown key "proxy" (known keys here: name, hosts, mode, upstream, http_upstream, proxy_protocol, allow_ipv4, timeouts, max_body, trusted_proxies, redirect_http, cert_file, key_file, upstream_ca, upstream_server_name, upstreams, balance, allowed_prefixes, identity_check, identity_ca, pin_sha256, health_check, ejection, update)`,
+				`relay46.yaml:11: routes[1].proxy: unknown key "proxy" (keys allowed here: name, hosts, mode, upstream, http_upstream, proxy_protocol, allow_ipv4, timeouts, max_body, trusted_proxies, redirect_http, cert_file, key_file, upstream_ca, upstream_server_name, access_log, max_conns, upstreams, balance, allowed_prefixes, identity_check, identity_ca, pin_sha256, health_check, ejection, update)`,
 			},
 		},
 	}

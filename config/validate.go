@@ -27,6 +27,8 @@ type rawConfig struct {
 	Resolvers     []string    `yaml:"resolvers"`
 	DNSTTL        rawTTL      `yaml:"dns_ttl"`
 	Updates       *rawUpdates `yaml:"updates"`
+	Limits        rawLimits   `yaml:"limits"`
+	DebugPprof    bool        `yaml:"debug_pprof"`
 }
 
 type rawListen struct {
@@ -69,6 +71,8 @@ type rawRoute struct {
 	KeyFile            string      `yaml:"key_file"`
 	UpstreamCA         string      `yaml:"upstream_ca"`
 	UpstreamServerName string      `yaml:"upstream_server_name"`
+	AccessLog          *bool       `yaml:"access_log"`
+	MaxConns           *int        `yaml:"max_conns"`
 
 	Upstreams       []rawUpstream   `yaml:"upstreams"`
 	Balance         string          `yaml:"balance"`
@@ -114,6 +118,8 @@ func (d *decoder) build(raw *rawConfig) *Config {
 		cfg.Admin = *raw.Admin
 	}
 	d.checkListen("admin", cfg.Admin)
+	cfg.Limits = d.buildLimits(raw.Limits)
+	cfg.DebugPprof = raw.DebugPprof
 	if raw.ShutdownGrace != nil {
 		cfg.ShutdownGrace = raw.ShutdownGrace.D()
 	}
@@ -248,6 +254,7 @@ func (d *decoder) buildRoute(raw *rawRoute, key string, defaults Timeouts) *Rout
 		UpstreamCA:         raw.UpstreamCA,
 		UpstreamServerName: raw.UpstreamServerName,
 	}
+	d.routeOperate(r, raw, key)
 	if !routeName.MatchString(r.Name) {
 		if r.Name == "" {
 			d.fail(d.lines[key], key+".name", "every route needs a name (used in logs and metrics)")

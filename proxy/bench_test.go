@@ -1,8 +1,13 @@
 package proxy
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"testing"
 )
 
@@ -131,4 +136,61 @@ func BenchmarkLookup(b *testing.B) {
 			b.Fatal("no route")
 		}
 	}
+}
+
+// Terminated routes: keep-alive requests and new TLS connections through
+// the relay's own TLS and reverse proxy, against the same requests made
+// directly to a TLS origin.
+//
+//	go test -run '^$' -bench 'Terminated|DirectTLS' -count 6 ./proxy | benchstat -
+
+func benchTermSetup(b *testing.B) (relay *relayUnderTest, roots *x509.CertPool, direct string, directRoots *x509.CertPool) {
+	relayCert, relayRoots := testCert(b, "blog.example.org")
+	app := startOrigin(b, nil, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	relay = startRelayWith(b, fmt.Sprintf("routes:\n  - name: blog\n    hosts: [blog.example.org]\n    mode: terminate\n    upstream: \"http://%s\"\n    access_log: false\n", app.addr()),
+		func(s *Server) { s.Certs = &staticCerts{cert: relayCert} })
+	tlsOrigin := startOrigin(b, &relayCert, false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	return relay, relayRoots, tlsOrigin.addr(), relayRoots
+}
+
+func benchClient(addr string, roots *x509.CertPool, keepAlive bool) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: roots, ServerName: "blog.example.org", ClientSessionCache: nil},
+		DisableKeepAlives: !keepAlive,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		},
+	}}
+}
+
+func benchGet(b *testing.B, c *http.Client) {
+	b.ReportAllocs()
+	for b.Loop() {
+		resp, err := c.Get("https://blog.example.org/")
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+}
+
+func BenchmarkTerminatedKeepAlive(b *testing.B) {
+	r, roots, _, _ := benchTermSetup(b)
+	benchGet(b, benchClient(r.https, roots, true))
+}
+
+func BenchmarkDirectTLSKeepAlive(b *testing.B) {
+	_, _, direct, roots := benchTermSetup(b)
+	benchGet(b, benchClient(direct, roots, true))
+}
+
+func BenchmarkTerminatedNewConn(b *testing.B) {
+	r, roots, _, _ := benchTermSetup(b)
+	benchGet(b, benchClient(r.https, roots, false))
+}
+
+func BenchmarkDirectTLSNewConn(b *testing.B) {
+	_, _, direct, roots := benchTermSetup(b)
+	benchGet(b, benchClient(direct, roots, false))
 }

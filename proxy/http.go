@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/relay46/relay46/config"
+	"github.com/relay46/relay46/metrics"
 )
 
 // errHostChanged ends the relay of a keep-alive connection whose next
@@ -58,6 +59,13 @@ func (s *Server) handleHTTP(c net.Conn, t *table) {
 		return
 	}
 	l.route, l.mode = r, string(r.cfg.Mode)
+	if !r.acquire() {
+		l.outcome = outcomeRouteLimit
+		s.Metrics.Refused(string(HTTP), metrics.RefusedRouteLimit)
+		writeStatus(c, http.StatusServiceUnavailable, "too many connections for this site; try again shortly")
+		return
+	}
+	defer r.release()
 	if r.cfg.Mode == config.Terminate {
 		s.terminateHTTP(c, br, h, r, l)
 		return

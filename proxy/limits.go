@@ -195,3 +195,15 @@ func (s *Server) refuse(c net.Conn, p Protocol, reason string) {
 		zap.String("client", addrPort(c.RemoteAddr()).String()), zap.Int("refused_since_last_log", s.lim.logDrop[reason]))
 	s.lim.logDrop[reason] = 0
 }
+
+// acquire counts a connection against the route's max_conns and reports
+// whether it may proceed; release must follow when it does.
+func (r *route) acquire() bool {
+	if n := r.active.Add(1); r.cfg.MaxConns > 0 && n > int64(r.cfg.MaxConns) {
+		r.active.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (r *route) release() { r.active.Add(-1) }

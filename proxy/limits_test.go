@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -144,4 +145,42 @@ func refused(t *testing.T, addr string) bool {
 	c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	n, err := c.Read(make([]byte, 1))
 	return n == 0 && err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+func TestRouteMaxConns(t *testing.T) {
+	cert, roots := testCert(t, "misskey.example.com")
+	o := startOrigin(t, &cert, false, nil)
+	r := startRelay(t, passthroughConfig(o.addr(), "    max_conns: 1\n"))
+	if _, err := dialTLS(t, r.https, &tls.Config{RootCAs: roots, ServerName: "misskey.example.com"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := o.accepted.Load()
+	if _, err := dialTLS(t, r.https, &tls.Config{RootCAs: roots, ServerName: "misskey.example.com"}, nil); err == nil {
+		t.Fatal("a second connection over max_conns: 1 was relayed")
+	}
+	r.waitOutcome(t, "route_limit")
+	if o.accepted.Load() != before {
+		t.Error("the origin was dialed over the route's limit")
+	}
+	got := rawHTTP(t, r.http, "GET / HTTP/1.1\r\nHost: misskey.example.com\r\n\r\n")
+	if !strings.HasPrefix(got, "HTTP/1.1 503 ") {
+		t.Errorf(":80 over the route limit: %q", firstLine(got))
+	}
+}
+
+func TestAccessLogSwitch(t *testing.T) {
+	cert, roots := testCert(t, "misskey.example.com")
+	o := startOrigin(t, &cert, false, nil)
+	r := startRelay(t, passthroughConfig(o.addr(), "    access_log: false\n"))
+	if _, _, err := httpsGet(t, r.https, "misskey.example.com", "/", roots); err != nil {
+		t.Fatal(err)
+	}
+	dialTLS(t, r.https, &tls.Config{InsecureSkipVerify: true, ServerName: "unknown.example"}, nil)
+	r.waitOutcome(t, "unknown_sni") // failures are still logged
+	time.Sleep(50 * time.Millisecond)
+	for _, o := range r.outcomes() {
+		if o == "ok" {
+			t.Error("a connection was logged for a route with access_log: false")
+		}
+	}
 }

@@ -351,6 +351,9 @@ func (r *statusRecorder) code() int {
 
 // accessLog writes one line per proxied request.
 func (s *Server) accessLog(req *http.Request, r *route, rec *statusRecorder, d time.Duration) {
+	if !r.cfg.AccessLog {
+		return
+	}
 	ce := s.logger().Check(zap.InfoLevel, "request")
 	if ce == nil {
 		return

@@ -201,6 +201,7 @@ const (
 	outcomeTerminated  = "terminated"
 	outcomeHandshake   = "handshake_failed"
 	outcomeShutdown    = "shutdown"
+	outcomeRouteLimit  = "route_limit"
 )
 
 // metricOutcome folds a logged outcome into the metric's small fixed set.
@@ -220,6 +221,8 @@ func metricOutcome(o string) string {
 		return metrics.OutcomeError
 	case outcomeShutdown:
 		return metrics.OutcomeShutdown
+	case outcomeRouteLimit:
+		return metrics.OutcomeRefused
 	}
 	return metrics.OutcomePeekFailed
 }
@@ -238,6 +241,8 @@ func (s *Server) finish(l *connLog) {
 	lvl := zap.InfoLevel
 	if l.outcome != outcomeOK && l.outcome != outcomeTerminated {
 		lvl = zap.WarnLevel
+	} else if l.route != nil && !l.route.cfg.AccessLog {
+		return
 	}
 	if ce := log.Check(lvl, "connection"); ce != nil {
 		fields := []zap.Field{

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/relay46/relay46/config"
+	"github.com/relay46/relay46/metrics"
 	"github.com/relay46/relay46/proxy/proxyproto"
 )
 
@@ -40,6 +41,13 @@ func (s *Server) handleTLS(c net.Conn, t *table) {
 		}
 	}
 	l.route, l.mode = r, string(r.cfg.Mode)
+	if !r.acquire() {
+		l.outcome = outcomeRouteLimit
+		s.Metrics.Refused(string(HTTPS), metrics.RefusedRouteLimit)
+		c.Close()
+		return
+	}
+	defer r.release()
 	if r.cfg.Mode == config.Terminate {
 		s.terminate(c, peeked, r, l)
 		return

@@ -71,6 +71,7 @@ type daemon struct {
 	metrics *metrics.Metrics
 	listen  func(role, network, addr string) (net.Listener, error)
 	ready   chan<- map[proxy.Protocol]net.Addr // tests learn bound addresses here
+	pprof   bool                               // serve /debug/pprof/ (debug_pprof; read when the admin listener is bound)
 
 	srv   *proxy.Server
 	certs *acme.Manager // nil until a terminated route needs certificates
@@ -102,7 +103,9 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 	if err := d.srv.Apply(cfg); err != nil {
 		return err
 	}
+	d.srv.SetLimits(proxyLimits(cfg.Limits))
 	d.mu.Lock()
+	d.pprof = cfg.DebugPprof
 	d.listeners = map[proxy.Protocol]*boundListener{}
 	if err := d.bind(cfg); err != nil {
 		d.closeListeners()
@@ -196,6 +199,7 @@ func (d *daemon) adminServer() *http.Server {
 		Metrics: d.metrics,
 		Ready:   d.readiness,
 		Reload:  d.reload,
+		Pprof:   d.pprof,
 		Logger:  d.logger.Named("admin"),
 	}
 	return &http.Server{
@@ -223,6 +227,13 @@ func (d *daemon) readiness() error {
 		}
 	}
 	return nil
+}
+
+func proxyLimits(l config.Limits) proxy.Limits {
+	return proxy.Limits{
+		MaxConns: l.MaxConns, MaxHandshakes: l.MaxHandshakes, MaxConnsPerSource: l.MaxConnsPerSource,
+		SourceRate: l.SourceRate, SourceBurst: l.SourceBurst,
+	}
 }
 
 func (d *daemon) addrs() map[proxy.Protocol]net.Addr {
@@ -264,6 +275,7 @@ func (d *daemon) reloadLocked() error {
 		d.srv.Apply(prev)
 		return err
 	}
+	d.srv.SetLimits(proxyLimits(cfg.Limits))
 	d.cfg = cfg
 	return nil
 }
@@ -343,7 +355,20 @@ func explain(w io.Writer, cfg *config.Config) {
 				fmt.Fprintln(w, "    :80 not relayed (421 for its hosts)")
 			}
 		case config.Terminate:
-			fmt.Fprintf(w, "    :443 TLS ends at the relay; HTTP proxied to %s (max body %d bytes)\n", r.Upstream, r.MaxBody)
+			fmt.Fprintf(w, "    :443 TLS ends at the relay; HTTP/1.1, HTTP/2 and WebSocket proxied to %s (max body %d bytes)\n", r.Upstream, r.MaxBody)
+			if r.CertFile != "" {
+				fmt.Fprintf(w, "    certificate from %s (re-read when it changes)\n", r.CertFile)
+			} else {
+				fmt.Fprintf(w, "    certificate from ACME (%s), stored in %s\n", cfg.ACME.CA, cfg.ACME.Storage)
+			}
+			if r.RedirectHTTP {
+				fmt.Fprintln(w, "    :80 answers ACME HTTP-01 and redirects the rest to https (308)")
+			} else {
+				fmt.Fprintln(w, "    :80 answers ACME HTTP-01 and proxies the rest as plain HTTP")
+			}
+			if len(r.TrustedProxies) > 0 {
+				fmt.Fprintf(w, "    X-Forwarded-* kept from %v; replaced for everyone else\n", r.TrustedProxies)
+			}
 		}
 		if r.AllowIPv4 {
 			fmt.Fprintln(w, "    names resolve by AAAA and A (allow_ipv4)")
@@ -356,5 +381,21 @@ func explain(w io.Writer, cfg *config.Config) {
 		fmt.Fprintf(w, "\nUnknown or missing SNI: sent to route %s.\n", cfg.UnknownSNI)
 	}
 	fmt.Fprintln(w, "Unknown Host on :80: answered 421, never relayed.")
+	if hosts, _ := terminatedHosts(cfg); len(hosts) > 0 {
+		fmt.Fprintf(w, "\nACME for %v via %s:\n", hosts, cfg.ACME.CA)
+		for _, c := range cfg.ACME.Challenges {
+			switch {
+			case c == config.ChallengeHTTP01 && cfg.Listen.HTTP == "":
+				fmt.Fprintln(w, "  warning: http-01 is enabled but listen.http is disabled; only tls-alpn-01 can work")
+			case c == config.ChallengeHTTP01:
+				fmt.Fprintf(w, "  http-01 needs %s reachable on port 80 FROM THE INTERNET (the CA connects to it)\n", cfg.Listen.HTTP)
+			case c == config.ChallengeTLSALPN01:
+				fmt.Fprintf(w, "  tls-alpn-01 needs %s reachable on port 443 from the internet\n", cfg.Listen.HTTPS)
+			}
+		}
+		if cfg.ACME.Email == "" {
+			fmt.Fprintln(w, "  warning: acme.email is empty; the CA cannot warn you about problems")
+		}
+	}
 	fmt.Fprintf(w, "Shutdown: open connections get %s to finish.\n", cfg.ShutdownGrace)
 }
