@@ -15,6 +15,70 @@ func TestInvalidConfigs(t *testing.T) {
 		yaml string
 		want []string // one line per problem, "file:line: key: message"
 	}{
+		// Limits, access logs and ACME challenges.
+		{
+			name: "negative and inconsistent limits",
+			yaml: `
+routes:
+  - name: a
+    hosts: [a.example]
+    upstream: "[2001:db8::1]:443"
+    max_conns: -1
+limits:
+  max_conns: 10
+  max_handshakes: 20
+  source_rate: -5
+`,
+			want: []string{
+				`relay46.yaml:6: routes[0].max_conns: must not be negative (0 means no per-route limit)`,
+				`relay46.yaml:9: limits.max_handshakes: 20 is more than limits.max_conns (10)`,
+				`relay46.yaml:10: limits.source_rate: must not be negative (0 turns the limit off)`,
+			},
+		},
+		{
+			name: "source_rate without burst",
+			yaml: `
+routes:
+  - name: a
+    hosts: [a.example]
+    upstream: "[2001:db8::1]:443"
+limits: {source_rate: 10, source_burst: 0}
+`,
+			want: []string{`relay46.yaml:6: limits.source_burst: must be at least 1 while source_rate is set`},
+		},
+		{
+			name: "access_log not a bool",
+			yaml: `
+routes:
+  - name: a
+    hosts: [a.example]
+    upstream: "[2001:db8::1]:443"
+    access_log: sometimes
+`,
+			want: []string{`relay46.yaml:6: routes[0].access_log: expected true or false, got "sometimes"`},
+		},
+		{
+			name: "unknown ACME challenge",
+			yaml: `
+acme: {challenges: [dns-01]}
+routes:
+  - name: a
+    hosts: [a.example]
+    upstream: "[2001:db8::1]:443"
+`,
+			want: []string{`relay46.yaml:2: acme.challenges[0]: "dns-01" is not http-01 or tls-alpn-01`},
+		},
+		{
+			name: "wildcard terminated host without a certificate file",
+			yaml: `
+routes:
+  - name: a
+    hosts: ["*.a.example"]
+    mode: terminate
+    upstream: "http://[2001:db8::1]:8080"
+`,
+			want: []string{`relay46.yaml:4: routes[0].hosts[0]: "*.a.example": ACME over HTTP-01 or TLS-ALPN-01 cannot issue wildcard certificates; give cert_file and key_file for it`},
+		},
 		// Keys the schema does not know.
 		{
 			name: "unknown key at top level",
