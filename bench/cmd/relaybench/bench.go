@@ -72,6 +72,7 @@ func (b *bench) add(rep int, peer, metric string, v float64) {
 // A peer that cannot start is left out with a note; only the origin is
 // essential.
 func (b *bench) startAll(ctx context.Context) error {
+	b.notes = append(b.notes, b.spec.Notes...)
 	o, err := startProc(b.spec.Origin, b.spec.PGIDFile)
 	if err != nil {
 		return err
