@@ -42,8 +42,9 @@ func relay(client, upstream net.Conn, fromClient copier, idle time.Duration) rel
 	fail := func(err error) {
 		// A client that has said all it had to say may close without
 		// reading the origin's goodbye (a TLS close_notify, say); the
-		// reset that follows is not a failure of the relay.
-		if !(clientDone.Load() && isReset(err)) {
+		// reset that follows is not a failure of the relay. Nor is the
+		// error of a connection the relay closed itself.
+		if !(clientDone.Load() && isReset(err)) && !errors.Is(err, net.ErrClosed) {
 			errOnce.Do(func() { res.err = err })
 		}
 		closeBoth()
@@ -88,9 +89,10 @@ func copyUpstreamToClient(client, upstream net.Conn, fail func(error)) int64 {
 // the whole relay after an error.
 func finishHalf(dst net.Conn, n int64, err error, fail func(error)) int64 {
 	if err != nil {
-		if !errors.Is(err, net.ErrClosed) {
-			fail(err)
-		}
+		// Even a connection closed under us (shutdown, the idle timeout)
+		// must end the other direction, which may be waiting on a peer
+		// that will never speak again.
+		fail(err)
 		return n
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -245,4 +246,93 @@ routes:
 	if err := stop(); err != nil {
 		t.Errorf("shutdown: %v", err)
 	}
+}
+
+// TestGracefulShutdown: on shutdown the relay stops accepting at once,
+// lets a stream that finishes within shutdown_grace complete, and closes
+// one that does not when the grace period ends.
+func TestGracefulShutdown(t *testing.T) {
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }() // echo until the client is done
+		}
+	}()
+	_, addrs, _, stop := startDaemon(t, fmt.Sprintf(`listen: {https: "127.0.0.1:0", http: ""}
+admin: ""
+shutdown_grace: 700ms
+routes:
+  - name: a
+    hosts: [a.example]
+    upstream: %q
+`, ln.Addr().String()))
+	hello := clientHelloBytes(t, "a.example")
+	open := func() net.Conn {
+		c, err := net.Dial("tcp4", addrs[proxy.HTTPS].String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(hello)
+		if _, err := io.ReadFull(c, make([]byte, len(hello))); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	finishing, lingering := open(), open()
+	defer lingering.Close()
+
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- stop() }()
+	time.Sleep(200 * time.Millisecond)
+	if c, err := net.DialTimeout("tcp4", addrs[proxy.HTTPS].String(), time.Second); err == nil {
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if n, _ := c.Read(make([]byte, 1)); n > 0 {
+			t.Error("a new connection was served after shutdown began")
+		}
+		c.Close()
+	}
+	// The first stream finishes inside the grace period, intact.
+	finishing.Write([]byte("last words"))
+	buf := make([]byte, 10)
+	if _, err := io.ReadFull(finishing, buf); err != nil || string(buf) != "last words" {
+		t.Errorf("stream during grace: %q %v", buf, err)
+	}
+	finishing.Close()
+	// The other is cut when the grace period ends, and run returns.
+	lingering.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := lingering.Read(make([]byte, 1)); err == nil {
+		t.Error("lingering stream still open")
+	}
+	if err := <-done; err != nil {
+		t.Errorf("run returned %v", err)
+	}
+	if d := time.Since(start); d < 600*time.Millisecond || d > 3*time.Second {
+		t.Errorf("shutdown took %v with a 700ms grace period", d)
+	}
+}
+
+// clientHelloBytes returns a real ClientHello for sni.
+func clientHelloBytes(t *testing.T, sni string) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	go func() {
+		tls.Client(b, &tls.Config{ServerName: sni, InsecureSkipVerify: true}).Handshake()
+		b.Close()
+	}()
+	buf := make([]byte, 8192)
+	n, err := a.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf[:n]
 }
