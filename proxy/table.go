@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/relay46/relay46/config"
 	"github.com/relay46/relay46/upstream"
@@ -19,8 +18,7 @@ type route struct {
 	origin   *upstream.Upstream // terminated routes: where requests go; nil for passthrough
 	proxyVer int                // PROXY protocol version to send, 0 for none
 	timeouts config.Timeouts
-	term     *termRoute   // terminated routes: the reverse proxy (terminate.go)
-	active   atomic.Int64 // open connections, held to cfg.MaxConns (limits.go)
+	term     *termRoute // terminated routes: the reverse proxy (terminate.go)
 }
 
 // table routes host names to routes. It is immutable once built and
@@ -87,9 +85,26 @@ func (s *Server) Upstreams() *upstream.Registry {
 			Logger:   s.logger().Named("upstream"),
 			Metrics:  s.Metrics,
 			Resolver: s.Resolver,
+			OnChange: s.upstreamsChanged,
 		})
 	})
 	return s.upstreams.reg
+}
+
+// upstreamsChanged lets the idle origin connections of a terminated route
+// go when its upstreams change (an address down, up again, replaced), so
+// the next request dials and follows the change instead of reusing a
+// pooled connection. Requests in flight finish where they are.
+func (s *Server) upstreamsChanged(name string) {
+	t := s.table.Load()
+	if t == nil {
+		return
+	}
+	for _, r := range t.routes() {
+		if r.name == name && r.term != nil {
+			r.term.transport.CloseIdleConnections()
+		}
+	}
 }
 
 // closeUpstreams stops resolving and health-checking.

@@ -144,6 +144,9 @@ func (s *Set) checked(ap netip.AddrPort, err error) {
 	s.exportLocked(ap, st, st.up)
 	now := st.up
 	s.mu.Unlock()
+	if was != now {
+		s.changed()
+	}
 	switch {
 	case was && !now:
 		s.reg.log.Warn("upstream address down", zap.String("route", s.route), zap.String("address", ap.String()),

@@ -52,6 +52,11 @@ type Options struct {
 	// ResolvConf and HostsFile are the system's resolver files. Empty
 	// means /etc/resolv.conf and /etc/hosts.
 	ResolvConf, HostsFile string
+	// OnChange, when set, is called after a route's upstream addresses or
+	// their health changed, so that pooled connections can be let go and
+	// the next request dials and follows. It must not call back into the
+	// registry.
+	OnChange func(route string)
 }
 
 // Registry holds every route's upstream set, the DNS answers and pushed

@@ -235,6 +235,7 @@ func (m *member) publish(addrs []netip.Addr, err error) {
 	if len(before) > 0 && s.counts {
 		s.reg.obs.UpstreamAddrChanged(s.route)
 	}
+	defer s.changed()
 	for _, ip := range before {
 		if !slices.Contains(addrs, ip) {
 			for _, p := range m.ports {
@@ -359,8 +360,16 @@ func (s *Set) report(ap netip.AddrPort, err error) {
 	n := st.dialFails
 	s.mu.Unlock()
 	if eject {
+		s.changed()
 		s.reg.log.Warn("upstream address ejected after failed dials", zap.String("route", s.route),
 			zap.String("address", ap.String()), zap.Int("failures", n), zap.Duration("for", s.eject.Duration), zap.Error(err))
+	}
+}
+
+// changed tells the registry's OnChange hook.
+func (s *Set) changed() {
+	if f := s.reg.opts.OnChange; f != nil {
+		f(s.route)
 	}
 }
 
