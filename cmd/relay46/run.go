@@ -139,7 +139,8 @@ func (d *daemon) run(ctx context.Context, cfg *config.Config) error {
 // address, and closes those it no longer asks for. It binds every new one
 // before closing any old one, so a failed bind changes nothing.
 func (d *daemon) bind(cfg *config.Config) error {
-	want := map[proxy.Protocol]string{proxy.HTTPS: cfg.Listen.HTTPS, proxy.HTTP: cfg.Listen.HTTP, adminListener: cfg.Admin}
+	want := map[proxy.Protocol]string{proxy.HTTPS: cfg.Listen.HTTPS, proxy.HTTP: cfg.Listen.HTTP, adminListener: cfg.Admin,
+		updatesListener: cfg.Updates.Listen}
 	opened := map[proxy.Protocol]*boundListener{}
 	for p, addr := range want {
 		if addr == "" {
@@ -172,6 +173,8 @@ func (d *daemon) bind(cfg *config.Config) error {
 			var err error
 			if p == adminListener {
 				err = d.adminServer().Serve(b.ln)
+			} else if p == updatesListener {
+				err = d.serveUpdates(b.ln)
 			} else {
 				err = d.srv.Serve(b.ln, p)
 			}
@@ -287,6 +290,7 @@ func (d *daemon) closeListeners() {
 }
 
 func (d *daemon) shutdown() error {
+	d.closeUpdates()
 	d.mu.Lock()
 	grace := d.cfg.ShutdownGrace
 	d.mu.Unlock()
