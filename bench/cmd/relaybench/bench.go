@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -554,8 +553,12 @@ func (b *bench) restart(ctx context.Context, old *proc) (*proc, error) {
 	return p, nil
 }
 
-// openIdle opens n connections with a bounded number of dialers, each
-// completing a handshake and one keep-alive request, and keeps them open.
+// idleDialers bounds the concurrent handshakes while opening idle
+// connections.
+const idleDialers = 64
+
+// openIdle opens n connections with idleDialers dialers, each completing a
+// handshake and one keep-alive request, and keeps them open.
 func (b *bench) openIdle(ctx context.Context, addr string, n int) ([]*conn, error) {
 	var (
 		mu    sync.Mutex
@@ -564,7 +567,7 @@ func (b *bench) openIdle(ctx context.Context, addr string, n int) ([]*conn, erro
 		first error
 		wg    sync.WaitGroup
 	)
-	for range min(64, 4*runtime.GOMAXPROCS(0)*8) {
+	for range idleDialers {
 		wg.Go(func() {
 			for next.Add(1) <= int64(n) && ctx.Err() == nil {
 				k, err := b.client.dial(ctx, addr)
