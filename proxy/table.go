@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/relay46/relay46/config"
 	"github.com/relay46/relay46/upstream"
@@ -18,7 +19,8 @@ type route struct {
 	origin   *upstream.Upstream // terminated routes: where requests go; nil for passthrough
 	proxyVer int                // PROXY protocol version to send, 0 for none
 	timeouts config.Timeouts
-	term     *termRoute // terminated routes: the reverse proxy (terminate.go)
+	term     *termRoute   // terminated routes: the reverse proxy (terminate.go)
+	active   atomic.Int64 // open connections, held to cfg.MaxConns (limits.go)
 }
 
 // table routes host names to routes. It is immutable once built and
