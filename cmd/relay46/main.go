@@ -33,6 +33,7 @@ Usage:
   relay46 demo                 run a self-contained demonstration on loopback
   relay46 health               exit 0 if the running relay answers on its admin listener
   relay46 reload               make the running relay reload its config (like SIGHUP)
+  relay46 passwd               print a password hash for a route's update: credentials
   relay46 version              print the version
 
 Run "relay46 COMMAND -h" for a command's flags.
@@ -66,6 +67,8 @@ func realMainCtx(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		err = cmdHealth(ctx, args, stdout, stderr)
 	case "reload":
 		err = cmdReload(ctx, args, stdout, stderr)
+	case "passwd":
+		err = cmdPasswd(args, os.Stdin, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, versionString())
 	case "help", "-h", "--help":
