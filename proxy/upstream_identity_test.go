@@ -103,3 +103,49 @@ routes:
 		t.Error("the failed check was not logged once")
 	}
 }
+
+// TestUpstreamIdentityRechecked: the address stays the same but the
+// machine behind it changes (the old prefix went to another subscriber
+// while the home was away). With health checks on, the identity is
+// checked again on every probe, and an address that fails is withdrawn at
+// once, even though it was the route's only one: no connection is relayed
+// to the stranger.
+func TestUpstreamIdentityRechecked(t *testing.T) {
+	ca := newTestCA(t)
+	ours := ca.issue(t, "misskey.example.com")
+	home := startHome(t, "home", "tcp6", "[::1]:0", &ours)
+	r := startRelay(t, fmt.Sprintf(`
+routes:
+  - name: misskey
+    hosts: [misskey.example.com]
+    upstream: %q
+    identity_check: true
+    identity_ca: %q
+    health_check: {interval: 100ms, timeout: 100ms}
+`, home.addr, writeTemp(t, "ca.pem", ca.pem)))
+	steadyServes(t, r, "misskey.example.com", ca.pool, "home", 300*time.Millisecond)
+
+	theirs := ca.issue(t, "shop.someone-else.example")
+	home.cert.Store(&theirs)
+	before := home.served.Load()
+	deadline := time.Now().Add(2 * time.Second)
+	for r.logCount("upstream address no longer passes the identity check; removed") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the changed identity was not noticed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Clients trusting the same CA would not notice; the relay refuses.
+	for range 3 {
+		if got, err := whoServes(t, r, "misskey.example.com", ca.pool); err == nil {
+			t.Fatalf("a connection reached %q after the identity changed", got)
+		}
+	}
+	if n := home.served.Load() - before; n != 0 {
+		t.Errorf("%d requests reached the stranger", n)
+	}
+
+	// The home is back at that address: the next probe finds it again.
+	home.cert.Store(&ours)
+	waitServes(t, r, "misskey.example.com", ca.pool, "home", 2*time.Second)
+}

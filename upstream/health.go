@@ -39,6 +39,7 @@ type probeTarget struct {
 func (s *Set) checkRound() {
 	var targets []probeTarget
 	for _, m := range s.members {
+		m.retry()
 		if pub := m.pub.Load(); pub != nil && m.ports[kindMain] != 0 {
 			for _, ip := range pub.addrs {
 				targets = append(targets, probeTarget{m, netip.AddrPortFrom(ip, m.ports[kindMain])})

@@ -199,6 +199,21 @@ func (m *member) verified(cands []netip.Addr) []netip.Addr {
 	return ok
 }
 
+// retry evaluates the last reading again when it gave no usable address
+// although the source offers some: an address withdrawn after a failed
+// identity check is checked again each health interval, and comes back
+// when the right machine answers there again.
+func (m *member) retry() {
+	if pub := m.pub.Load(); pub == nil || len(pub.addrs) > 0 {
+		return
+	}
+	m.procMu.Lock()
+	defer m.procMu.Unlock()
+	if pub := m.pub.Load(); len(pub.addrs) == 0 && len(m.in.addrs) > 0 {
+		m.evaluate()
+	}
+}
+
 // revoke removes ip from use at once: it no longer passes the identity
 // check, so even being the last address does not keep it.
 func (m *member) revoke(ip netip.Addr, err error) {
