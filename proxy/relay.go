@@ -69,7 +69,18 @@ type copier func(dst net.Conn) (int64, error)
 
 // rawCopier copies src byte for byte.
 func rawCopier(src io.Reader) copier {
-	return func(dst net.Conn) (int64, error) { return io.Copy(dst, src) }
+	return func(dst net.Conn) (int64, error) { return copyRaw(dst, src) }
+}
+
+// copyRaw copies with splice(2) in bursts between TCP connections (see
+// copyBursts), and with io.Copy otherwise.
+func copyRaw(dst net.Conn, src io.Reader) (int64, error) {
+	d, ok1 := dst.(*net.TCPConn)
+	s, ok2 := src.(*net.TCPConn)
+	if ok1 && ok2 {
+		return copyBursts(d, s)
+	}
+	return io.Copy(dst, src)
 }
 
 func copyClientToUpstream(upstream net.Conn, fromClient copier, fail func(error), done *atomic.Bool) int64 {
@@ -81,7 +92,7 @@ func copyClientToUpstream(upstream net.Conn, fromClient copier, fail func(error)
 }
 
 func copyUpstreamToClient(client, upstream net.Conn, fail func(error)) int64 {
-	n, err := io.Copy(client, upstream)
+	n, err := copyRaw(client, upstream)
 	return finishHalf(client, n, err, fail)
 }
 
