@@ -371,6 +371,19 @@ routes:
 			},
 		},
 		{
+			name: "https at a pushed address without a name to verify",
+			yaml: `
+updates: {listen: ":8053"}
+routes:
+  - name: a
+    hosts: [a.example]
+    mode: terminate
+    upstreams: [{address_from: update, scheme: https}]
+    ` + update + `
+`,
+			want: []string{`relay46.yaml:7: routes[0].upstreams: the first upstream is https at a pushed address: set upstream_server_name, the name its certificate has`},
+		},
+		{
 			name: "http_upstream beside upstreams",
 			yaml: `
 routes:

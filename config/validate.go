@@ -425,6 +425,9 @@ func (d *decoder) checkTerminate(r *Route, raw *rawRoute, key string) {
 		if len(r.Upstreams) > 0 && r.Upstreams[0].Scheme == "http" && (r.UpstreamCA != "" || r.UpstreamServerName != "") {
 			d.errAt(key+".upstreams", "upstream_ca and upstream_server_name need https upstreams")
 		}
+		if len(r.Upstreams) > 0 && r.Upstreams[0].Scheme == "https" && r.Upstreams[0].FromUpdate && r.UpstreamServerName == "" {
+			d.errAt(key+".upstreams", "the first upstream is https at a pushed address: set upstream_server_name, the name its certificate has")
+		}
 		return
 	}
 	if r.Upstream == "" {

@@ -62,7 +62,7 @@ func (s *Server) dialUpstream(ctx context.Context, r *route, up *upstream.Upstre
 // allowOnly returns a net.Dialer Control function that refuses any address
 // that is not among the candidates of this dial or that the upstream set
 // no longer offers (it changed since). It runs on the address the socket
-// is about to connect to.
+// is about to connect to, after any name resolution.
 func allowOnly(up *upstream.Upstream, candidates []netip.AddrPort) func(network, address string, _ syscall.RawConn) error {
 	return func(_, address string, _ syscall.RawConn) error {
 		ap, err := netip.ParseAddrPort(address)

@@ -36,7 +36,6 @@ package upstream
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -45,52 +44,14 @@ import (
 
 // Upstream is what a route dials for one kind of traffic: the addresses
 // its upstream set offers at the moment of the dial, each on the port for
-// that traffic.
+// that traffic. A Registry gives each route its Upstreams.
 type Upstream struct {
 	set  *Set
 	kind kind
-
-	// Without a set (Parse): one host resolved on every call.
-	host      string
-	port      uint16
-	fixed     netip.AddrPort
-	allowIPv4 bool
-	resolver  *net.Resolver
-}
-
-// Parse returns an Upstream for host:port that is not part of any route's
-// set: a name is resolved (with r, nil for the system's resolver) on every
-// call to Candidates, with no TTL cache, health or failover.
-//
-// Deprecated: use the Upstream a Registry gives the route.
-func Parse(hostport string, allowIPv4 bool, r *net.Resolver) (*Upstream, error) {
-	host, ps, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return nil, err
-	}
-	port, err := strconv.ParseUint(ps, 10, 16)
-	if err != nil || port == 0 {
-		return nil, fmt.Errorf("bad port %q", ps)
-	}
-	u := &Upstream{host: host, port: uint16(port), allowIPv4: allowIPv4, resolver: r}
-	if ip, err := netip.ParseAddr(host); err == nil {
-		ip = ip.Unmap()
-		if ip.Is4() && !allowIPv4 {
-			return nil, fmt.Errorf("%s is IPv4 and IPv4 is not allowed", host)
-		}
-		u.fixed = netip.AddrPortFrom(ip, u.port)
-	}
-	if u.resolver == nil {
-		u.resolver = net.DefaultResolver
-	}
-	return u, nil
 }
 
 // String describes the upstream for messages.
 func (u *Upstream) String() string {
-	if u.set == nil {
-		return net.JoinHostPort(u.host, strconv.Itoa(int(u.port)))
-	}
 	var parts []string
 	for _, m := range u.set.members {
 		if m.ports[u.kind] == 0 {
@@ -111,42 +72,17 @@ func (u *Upstream) String() string {
 // order. It waits, until ctx is done, for upstreams that have not been
 // resolved yet (just after start or reload).
 func (u *Upstream) Candidates(ctx context.Context) ([]netip.AddrPort, error) {
-	if u.set != nil {
-		return u.set.candidates(ctx, u.kind)
-	}
-	if u.fixed.IsValid() {
-		return []netip.AddrPort{u.fixed}, nil
-	}
-	ans, err := netResolver{u.resolver}.lookup(ctx, u.host, u.allowIPv4)
-	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", u.host, err)
-	}
-	if len(ans.addrs) == 0 {
-		return nil, fmt.Errorf("resolve %s: %w", u.host, ErrNoAddress)
-	}
-	out := make([]netip.AddrPort, len(ans.addrs))
-	for i, ip := range ans.addrs {
-		out[i] = netip.AddrPortFrom(ip, u.port)
-	}
-	return out, nil
+	return u.set.candidates(ctx, u.kind)
 }
 
 // Allows reports whether the set offers ap right now. The dialer asks it
 // in net.Dialer.Control, so an address withdrawn since Candidates (a
-// prefix change, a failed identity check) is never connected to. An
-// Upstream from Parse has no standing set: the caller must check that ap
-// is among the Candidates it just got.
+// prefix change, a failed identity check) is never connected to.
 func (u *Upstream) Allows(ap netip.AddrPort) bool {
-	if u.set == nil {
-		return true
-	}
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	return u.set.allows(ap)
+	return u.set.allows(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 }
 
 // Report tells the set how a dial to ap went, for passive ejection.
 func (u *Upstream) Report(ap netip.AddrPort, err error) {
-	if u.set != nil {
-		u.set.report(ap, err)
-	}
+	u.set.report(ap, err)
 }
