@@ -87,6 +87,7 @@ type Registry struct {
 type dnsKey struct {
 	host      string
 	allowIPv4 bool
+	lookup    string // the resolvers and TTL bounds it was made with
 }
 
 // routeSets are the sets built for one route.
@@ -209,8 +210,8 @@ func (r *Registry) Close() error {
 }
 
 // setLookup picks how names are resolved. A change of resolvers or TTL
-// bounds rebuilds every DNS source (and, through the fingerprint, every
-// set using one).
+// bounds gives new DNS sources (and, through the fingerprint, new sets);
+// the old ones stop once no set in use needs them.
 func (r *Registry) setLookup(cfg *config.Config) {
 	key := fmt.Sprint(cfg.Resolvers, cfg.DNSTTL.Floor, cfg.DNSTTL.Ceiling)
 	if key == r.lookKey && r.look != nil {
@@ -224,10 +225,6 @@ func (r *Registry) setLookup(cfg *config.Config) {
 		r.look = netResolver{r.opts.Resolver}
 	default:
 		r.look = systemLookuper(or(r.opts.ResolvConf, "/etc/resolv.conf"), or(r.opts.HostsFile, "/etc/hosts"))
-	}
-	for k, s := range r.dns {
-		s.stop()
-		delete(r.dns, k)
 	}
 }
 
@@ -337,7 +334,7 @@ func (r *Registry) sourceFor(rc *config.Route, u config.Upstream) source {
 	if ip, err := netip.ParseAddr(u.Host); err == nil {
 		return staticSource{ip.Unmap()}
 	}
-	k := dnsKey{strings.ToLower(strings.TrimSuffix(u.Host, ".")), rc.AllowIPv4}
+	k := dnsKey{strings.ToLower(strings.TrimSuffix(u.Host, ".")), rc.AllowIPv4, r.lookKey}
 	s := r.dns[k]
 	if s == nil {
 		s = &dnsSource{host: k.host, allowIPv4: k.allowIPv4, lookup: r.look, floor: r.floor, ceiling: r.ceiling, log: r.log}

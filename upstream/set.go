@@ -95,6 +95,10 @@ func (m *member) start() {
 	go func() {
 		defer m.set.wg.Done()
 		v := m.src.subscribe(m)
+		if m.set.ctx.Err() != nil { // retired before it started
+			m.src.unsubscribe(m)
+			return
+		}
 		if v.gen > 0 {
 			m.process(v)
 		}

@@ -441,3 +441,46 @@ func TestClosedRegistry(t *testing.T) {
 		t.Errorf("Apply after Close = %v", err)
 	}
 }
+
+// TestReloadResolvers: a reload that names other resolvers moves hostname
+// upstreams to them; one that fails to build keeps the running sets
+// resolving.
+func TestReloadResolvers(t *testing.T) {
+	one, two := dnstest.Start(t), dnstest.Start(t)
+	one.Set("home.example.net", time.Second, ip("2001:db8::1"))
+	two.Set("home.example.net", time.Second, ip("2001:db8::2"))
+	tr := newTestRegistry(t)
+	yaml := `
+resolvers: [%q]
+dns_ttl: {floor: 100ms}
+routes:
+  - {name: home, hosts: [home.example], upstream: "home.example.net:443"%s}
+`
+	routes := tr.apply(t, fmt.Sprintf(yaml, one.Addr(), ""))
+	if msg := want(candidates(t, routes["home"].Main), "[2001:db8::1]:443"); msg != "" {
+		t.Fatal(msg)
+	}
+	// A config that fails to build (an identity_ca that cannot be read)
+	// changes nothing: the running set keeps following the first resolver.
+	cfg, err := config.Parse("x.yaml", []byte(fmt.Sprintf(yaml, two.Addr(), `, identity_ca: /nonexistent/ca.pem`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Apply(cfg); err == nil {
+		t.Fatal("Apply accepted an unreadable identity_ca")
+	}
+	one.Set("home.example.net", time.Second, ip("2001:db8::3"))
+	eventually(t, 3*time.Second, func() string { return want(candidates(t, routes["home"].Main), "[2001:db8::3]:443") })
+
+	routes = tr.apply(t, fmt.Sprintf(yaml, two.Addr(), ""))
+	if msg := want(candidates(t, routes["home"].Main), "[2001:db8::2]:443"); msg != "" {
+		t.Fatal("after switching resolvers:", msg)
+	}
+	// The first resolver is no longer asked.
+	time.Sleep(200 * time.Millisecond)
+	n := one.Queries()
+	time.Sleep(time.Second)
+	if one.Queries() != n {
+		t.Error("the old resolver is still asked")
+	}
+}
