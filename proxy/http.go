@@ -37,10 +37,11 @@ func (s *Server) handleHTTP(c net.Conn, t *table) {
 		switch {
 		case errors.As(err, &he):
 			l.outcome = outcomeBadRequest
-			s.Metrics.PeekFailed(string(HTTP), "malformed")
-			if he.Status == 431 {
-				s.Metrics.PeekFailed(string(HTTP), "too_large")
+			reason := metrics.PeekMalformed
+			if he.Status == http.StatusRequestHeaderFieldsTooLarge || he.Status == http.StatusRequestURITooLong {
+				reason = metrics.PeekTooLarge
 			}
+			s.Metrics.PeekFailed(string(HTTP), reason)
 			writeStatus(c, he.Status, he.Msg)
 		default:
 			l.outcome = peekOutcome(classify(err))

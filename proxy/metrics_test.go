@@ -138,6 +138,11 @@ func TestMetricsAfterKnownTraffic(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
+	for _, route := range []string{"none", "down"} {
+		if got := metricValue(t, reg, "relay46_relayed_bytes_total", map[string]string{"route": route}); got != -1 {
+			t.Errorf("route %s relayed nothing but has a byte series (%v)", route, got)
+		}
+	}
 	if got := metricValue(t, reg, "relay46_relayed_bytes_total", map[string]string{"route": "home", "direction": "upstream_to_client"}); got < 1000 {
 		t.Errorf("bytes relayed to clients on route home: %v", got)
 	}

@@ -65,6 +65,8 @@ type Server struct {
 
 	termOnce   sync.Once
 	terminator *terminator
+	viaOnce    sync.Once
+	via        string // this process in Via headers (loop.go)
 	lim        limiter
 
 	table     atomic.Pointer[table]
@@ -236,7 +238,13 @@ func (s *Server) finish(l *connLog) {
 	if mode == "" {
 		mode = "none"
 	}
-	s.Metrics.ConnFinished(string(l.listener), routeName, mode, metricOutcome(l.outcome), d, l.fromClient, l.toClient)
+	// Bytes count as relayed only once an origin (or the terminator) took
+	// them: a refused ClientHello was read, never relayed.
+	relayedIn, relayedOut := l.fromClient, l.toClient
+	if !l.upstream.IsValid() && l.outcome != outcomeTerminated {
+		relayedIn, relayedOut = 0, 0
+	}
+	s.Metrics.ConnFinished(string(l.listener), routeName, mode, metricOutcome(l.outcome), d, relayedIn, relayedOut)
 	log := s.logger()
 	lvl := zap.InfoLevel
 	if l.outcome != outcomeOK && l.outcome != outcomeTerminated {

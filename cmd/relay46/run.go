@@ -166,7 +166,9 @@ func (d *daemon) bind(cfg *config.Config) error {
 	}
 	for p, b := range opened {
 		d.listeners[p] = b
-		d.metrics.Listening(string(p))
+		if p == proxy.HTTPS || p == proxy.HTTP {
+			d.metrics.Listening(string(p)) // the listeners whose connections are counted
+		}
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
