@@ -134,10 +134,11 @@ func newSoak(t *testing.T) *soak {
 	mux.Handle("/ws", wsEchoHandler(func(r *http.Request) string { return "origin=" + localAddr(r) }))
 	passTLS := s.originListener(t, true)
 	passHTTP := s.originListener(t, false)
-	appLn, err := net.Listen("tcp6", "[::1]:0")
+	rawApp, err := net.Listen("tcp6", "[::1]:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	appLn := lingerListener{rawApp}
 	s.origins = append(s.origins,
 		s.serveOrigin(passTLS, mux), s.serveOrigin(passHTTP, mux), s.serveOrigin(appLn, mux))
 
@@ -187,7 +188,7 @@ func (s *soak) originListener(t *testing.T, tlsOn bool) net.Listener {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	var out net.Listener = &proxyproto.Listener{Listener: ln, Required: true}
+	var out net.Listener = lingerListener{&proxyproto.Listener{Listener: ln, Required: true}}
 	if tlsOn {
 		out = tls.NewListener(out, &tls.Config{Certificates: []tls.Certificate{s.ca.tlsCert(t, "pass.soak.test")}})
 	}
@@ -201,6 +202,9 @@ func (s *soak) serveOrigin(ln net.Listener, h http.Handler) *http.Server {
 			if tc, ok := c.(*tls.Conn); ok {
 				c = tc.NetConn()
 			}
+			if lc, ok := c.(lingerConn); ok {
+				c = lc.Conn
+			}
 			if pc, ok := c.(*proxyproto.Conn); ok {
 				if h, err := pc.Header(); err == nil {
 					v, _ := s.proxyVers.LoadOrStore(h.Version, new(atomic.Int64))
@@ -209,11 +213,43 @@ func (s *soak) serveOrigin(ln net.Listener, h http.Handler) *http.Server {
 			}
 			return ctx
 		}}
-	// The clients' own CloseIdleConnections cancels dials in progress,
-	// which the origin would log as handshake errors.
+	// What the origins think of their peers is not what the soak checks:
+	// the clients check every byte.
 	srv.ErrorLog = log.New(io.Discard, "", 0)
 	go srv.Serve(ln)
 	return srv
+}
+
+// lingerListener gives its connections a lingering close, as nginx does.
+// A peer that closes with bytes from the other side still unread (a TLS
+// close_notify racing a "Connection: close") sends a reset instead of a
+// FIN, which relay46 rightly reports as an aborted connection. The soak's
+// clients and origins behave, so that every abort it sees is relay46's.
+type lingerListener struct{ net.Listener }
+
+func (l lingerListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return lingerConn{c}, nil
+}
+
+type lingerConn struct{ net.Conn }
+
+// Close sends a FIN, reads what the peer still sends for up to 5s, then
+// closes.
+func (c lingerConn) Close() error {
+	cw, ok := c.Conn.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return c.Conn.Close()
+	}
+	go func() {
+		c.Conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.Copy(io.Discard, c.Conn)
+		c.Conn.Close()
+	}()
+	return nil
 }
 
 func freeLoopback(t *testing.T) string {
@@ -240,7 +276,7 @@ func (s *soak) start(t *testing.T) {
 }
 
 // dialer returns a DialContext from src to the relay's listener for the
-// URL's scheme.
+// URL's scheme. Its connections close lingering, like the origins'.
 func (s *soak) dialer(src string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -248,7 +284,11 @@ func (s *soak) dialer(src string) func(ctx context.Context, network, addr string
 		if strings.HasSuffix(addr, ":80") {
 			to = s.httpAddr
 		}
-		return d.DialContext(ctx, "tcp4", to)
+		c, err := d.DialContext(ctx, "tcp4", to)
+		if err != nil {
+			return nil, err
+		}
+		return lingerConn{c}, nil
 	}
 }
 

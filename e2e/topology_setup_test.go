@@ -5,19 +5,27 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/relay46/relay46/proxy/proxyproto"
 )
 
 // network creates the namespaces, links and addresses.
@@ -25,16 +33,21 @@ func (tp *topology) network(t *testing.T) {
 	tp.client = newNetns(t, "client")
 	tp.relay = newNetns(t, "relay")
 	tp.home = newNetns(t, "home")
+	tp.stranger = newNetns(t, "stranger")
 	// The client is an IPv4-only visitor: no IPv6 at all, not even
 	// link-local. The relay and home use their addresses at once (no DAD).
 	tp.client.sysctl(t, "net.ipv6.conf.all.disable_ipv6", "1")
 	tp.client.sysctl(t, "net.ipv6.conf.default.disable_ipv6", "1")
-	for _, n := range []*netns{tp.relay, tp.home} {
+	// The relay routes nothing: relay46 is the only way through.
+	tp.relay.sysctl(t, "net.ipv4.ip_forward", "0")
+	tp.relay.sysctl(t, "net.ipv6.conf.all.forwarding", "0")
+	for _, n := range []*netns{tp.relay, tp.home, tp.stranger} {
 		n.sysctl(t, "net.ipv6.conf.all.accept_dad", "0")
 		n.sysctl(t, "net.ipv6.conf.default.accept_dad", "0")
 	}
 	tp.client.ip(t, "link", "add", "c0", "type", "veth", "peer", "name", "rc0", "netns", tp.relay.name)
 	tp.relay.ip(t, "link", "add", "rh0", "type", "veth", "peer", "name", "h0", "netns", tp.home.name)
+	tp.relay.ip(t, "link", "add", "rs0", "type", "veth", "peer", "name", "s0", "netns", tp.stranger.name)
 
 	tp.client.ip(t, "addr", "add", clientIP+"/24", "dev", "c0")
 	tp.client.ip(t, "link", "set", "c0", "up")
@@ -49,6 +62,14 @@ func (tp *topology) network(t *testing.T) {
 	tp.home.ip(t, "link", "set", "h0", "up")
 	tp.home.ip(t, "-6", "route", "add", "default", "dev", "h0")
 
+	// Another ISP subscriber, who now holds a prefix a home once had.
+	tp.relay.ip(t, "-6", "addr", "add", "2001:db8:fffe::1/64", "dev", "rs0", "nodad")
+	tp.relay.ip(t, "link", "set", "rs0", "up")
+	tp.relay.ip(t, "-6", "route", "add", "2001:db8:3::/64", "dev", "rs0")
+	tp.stranger.ip(t, "-6", "addr", "add", strangerIP+"/64", "dev", "s0", "nodad")
+	tp.stranger.ip(t, "link", "set", "s0", "up")
+	tp.stranger.ip(t, "-6", "route", "add", "default", "dev", "s0")
+
 	// The relay resolves home.example.test with the system resolver; "ip
 	// netns exec" puts /etc/netns/<ns>/resolv.conf in /etc for it.
 	tp.relayDNS = newDNSZone()
@@ -61,8 +82,9 @@ func (tp *topology) network(t *testing.T) {
 	writeFile(t, filepath.Join(etc, "resolv.conf"), []byte("nameserver 127.0.0.1\noptions timeout:1 attempts:2\n"))
 
 	t.Logf("topology: %s: %s/24 (IPv4 only, IPv6 disabled)", tp.client.name, clientIP)
-	t.Logf("topology: %s: %s/24 towards the client, %s/64 towards the home, route 2001:db8:1::/64; no forwarding", tp.relay.name, relayV4, relayV6)
+	t.Logf("topology: %s: %s/24 towards the client, %s/64 towards the home, route 2001:db8:1::/64; forwarding off", tp.relay.name, relayV4, relayV6)
 	t.Logf("topology: %s: %s/64 (IPv6 only), DNS %s AAAA %s", tp.home.name, homeOld, homeName, homeOld)
+	t.Logf("topology: %s: %s/64, another subscriber's server (relay route 2001:db8:3::/64)", tp.stranger.name, strangerIP)
 }
 
 // startHome runs the home server: nginx with its own certificate and
@@ -96,6 +118,16 @@ func (tp *topology) startHome(t *testing.T, nginxBin string) {
 		return fmt.Sprintf("origin=%s from=%s", localAddr(r), r.Header.Get("X-Forwarded-For"))
 	}))
 	serveHTTP(t, tp.home.listen(t, "tcp6", "[::]:8080"), app)
+
+	// The stranger serves HTTPS for the same name, with a certificate
+	// from a CA the home does not use, and accepts PROXY headers.
+	strangerCA := newTestCA(t, "r46e2e someone else's CA")
+	strangerMux := http.NewServeMux()
+	strangerMux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "a stranger's server") })
+	sln := &proxyproto.Listener{Listener: tp.stranger.listen(t, "tcp6", "[::]:443")}
+	strangerSrv := &http.Server{Handler: strangerMux, ErrorLog: log.New(io.Discard, "", 0)} // the relay rejecting its certificate is the point
+	go strangerSrv.Serve(tls.NewListener(sln, &tls.Config{Certificates: []tls.Certificate{strangerCA.tlsCert(t, passHost)}}))
+	t.Cleanup(func() { strangerSrv.Close() })
 
 	tp.nginxAccessLog = filepath.Join(dir, "access.log")
 	conf := fmt.Sprintf(`daemon off;
@@ -228,9 +260,14 @@ func (tp *topology) startPebble(t *testing.T, bin string) {
 // startRelay writes the relay's config and runs relay46 in the relay
 // namespace.
 func (tp *topology) startRelay(t *testing.T, bin string) {
+	// The home pushes its address for misskey (the relay is its dynamic
+	// DNS) with the password only it knows; blog's upstream is a name.
+	tp.updatePassword = fmt.Sprintf("e2e-%x", must(rand.Int(rand.Reader, big.NewInt(1<<62))))
+	hash := must(bcrypt.GenerateFromPassword([]byte(tp.updatePassword), bcrypt.MinCost))
 	cfg := fmt.Sprintf(`# relay46 config of the end-to-end topology test
 listen: {https: ":443", http: ":80"}
 admin: "127.0.0.1:9046"
+updates: {listen: "[%[7]s]:8245"}   # dyndns2, on the home-facing side
 acme:
   email: admin@example.test
   ca: "https://%[1]s:14000/dir"
@@ -240,14 +277,20 @@ routes:
   - name: misskey
     hosts: [%[4]s]
     mode: passthrough
-    upstream: "%[5]s:443"
+    upstreams:
+      - prefix_from: update      # the /64 the home pushes…
+        interface_id: "::2:64"   # …plus its fixed interface identifier
     proxy_protocol: v2
+    identity_check: true         # a new address must show the home's certificate
+    identity_ca: %[8]q
+    update: {password_hash: %[9]q}
   - name: blog
     hosts: [%[6]s]
     mode: terminate
-    upstream: "http://%[5]s:8080"
+    upstream: "http://%[5]s:8080"   # AAAA from DNS, followed by its TTL
 log: {format: json, level: info}
-`, clientIP, filepath.Join(tp.dir, "pebble", "directory-ca.pem"), filepath.Join(tp.dir, "acme"), passHost, homeName, termHost)
+`, clientIP, filepath.Join(tp.dir, "pebble", "directory-ca.pem"), filepath.Join(tp.dir, "acme"), passHost, homeName, termHost,
+		relayV6, tp.homeCAFile, hash)
 	path := writeFile(t, filepath.Join(tp.dir, "relay46.yaml"), []byte(cfg))
 	tp.relay46 = startProc(t, tp.dir, "relay46", tp.relay.command(context.Background(), bin, "run", "-config", path))
 	tp.relayPID = tp.relay46.pid()
@@ -287,4 +330,22 @@ log: {format: json, level: info}
 	tp.passClient = &http.Client{Timeout: 10 * time.Second, Transport: transport(tp.homeCA.pool(), false)}
 	tp.termClient = &http.Client{Timeout: 10 * time.Second, Transport: transport(pebbleRoots, false)}
 	tp.termH2 = &http.Client{Timeout: 10 * time.Second, Transport: transport(pebbleRoots, true)}
+}
+
+// push sends a dyndns2 update from the home namespace with curl, as
+// ddclient would, and returns the relay's answer.
+func (tp *topology) push(t *testing.T, password, query string) string {
+	t.Helper()
+	url := fmt.Sprintf("http://[%s]:8245/nic/update?hostname=%s%s", relayV6, passHost, query)
+	out, err := tp.home.command(context.Background(), tp.curl, "--silent", "--show-error", "--max-time", "20",
+		"--user", "misskey:"+password, url).CombinedOutput()
+	shown := "misskey:<password>"
+	if password != tp.updatePassword {
+		shown = "misskey:" + password
+	}
+	t.Logf("home$ curl --user %s '%s'\n%s", shown, url, indent(string(out)))
+	if err != nil {
+		t.Fatalf("curl: %v", err)
+	}
+	return strings.TrimSpace(string(out))
 }

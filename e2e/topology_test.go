@@ -24,6 +24,9 @@ const (
 	relayV6  = "2001:db8:ffff::1"
 	homeOld  = "2001:db8:1::2:64" // the home server before the ISP renumbers it…
 	homeNew  = "2001:db8:2::2:64" // …and after: same interface identifier ::2:64
+	// strangerIP is someone else's server, in a prefix a home could have
+	// had before, with a certificate for the same name from another CA.
+	strangerIP = "2001:db8:3::2:64"
 
 	homeName = "home.example.test" // the relay's upstream: AAAA from the test's DNS
 	passHost = "misskey.example.test"
@@ -35,6 +38,7 @@ const (
 type topology struct {
 	dir                  string
 	client, relay, home  *netns
+	stranger             *netns
 	relayDNS, pebbleDNS  *dnsZone
 	homeCA               *testCA
 	homeCAFile           string
@@ -48,6 +52,7 @@ type topology struct {
 	termClient, termH2   *http.Client // trust Pebble's root (terminated)
 	oldPassWS, oldTermWS *wsStream    // opened before the prefix change
 	termBefore           string       // the app's answer before the change
+	updatePassword       string       // misskey's dyndns2 password
 }
 
 // relayPort is the relay's source port in an answer of the home's app
@@ -63,10 +68,17 @@ func relayPort(answer string) string {
 // TestTopology runs relay46 in the topology it exists for and prints what
 // each step proves:
 //
-//	client ns (IPv4 only)      relay ns (dual-stack)            home ns (IPv6 only)
-//	192.0.2.10  ──veth──  192.0.2.1 | 2001:db8:ffff::1  ──veth──  2001:db8:1::2:64 → 2001:db8:2::2:64
-//	curl, Go clients,          relay46 run (:443, :80),         nginx (own cert, PROXY v2),
-//	Pebble (the CA)            DNS for home.example.test        Go app :8080, WebSocket echo
+//	client ns (IPv4 only)      relay ns (dual-stack)             home ns (IPv6 only)
+//	192.0.2.10 ──veth── 192.0.2.1 | 2001:db8:ffff::1 ──veth── 2001:db8:1::2:64 → 2001:db8:2::2:64
+//	curl, Go clients,          relay46 run: :443, :80,           nginx (own cert, PROXY v2),
+//	Pebble (the CA)            dyndns2 on [2001:db8:ffff::1]:8245, Go app :8080, WebSocket echo,
+//	                           DNS for home.example.test         curl pushing its address
+//	                                      | 2001:db8:fffe::1 ──veth── stranger ns: 2001:db8:3::2:64,
+//	                                                                  someone else's server
+//
+// misskey.example.test passes through to the address the home pushes
+// (its /64 plus ::2:64, checked by the home's certificate); the terminated
+// blog.example.test goes to home.example.test by DNS.
 func TestTopology(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: the topology test creates network namespaces and needs root")
@@ -91,6 +103,7 @@ func TestTopology(t *testing.T) {
 		fn   func(*testing.T)
 	}{
 		{"no_direct_path", tp.noDirectPath},
+		{"home_pushes_its_address", tp.homePushes},
 		{"acme_over_ipv4", tp.acmeOverIPv4},
 		{"passthrough", tp.passthrough},
 		{"terminated", tp.terminated},
@@ -145,6 +158,20 @@ func (tp *topology) noDirectPath(t *testing.T) {
 		t.Fatal("the IPv6-only home reached the client over IPv4; the topology is wrong")
 	}
 	proved(t, "the home has no IPv4: dial %s:14000 from it: %v", clientIP, errors.Unwrap(err))
+}
+
+// homePushes: the home announces its address to the relay's update
+// endpoint, as its ddclient would at boot; the relay checks that the
+// address really is the home (TLS with the home's certificate) and routes
+// misskey there.
+func (tp *topology) homePushes(t *testing.T) {
+	if got := tp.push(t, tp.updatePassword, ""); got != "good "+homeOld {
+		t.Fatalf("update answered %q, want %q", got, "good "+homeOld)
+	}
+	proved(t, "the home pushed its address without naming it (dyndns2, no myip): relay46 took the /64 the update came from plus ::2:64, checked nginx's certificate there, and answered \"good %s\"", homeOld)
+	for _, l := range grepLines(tp.relay46.log, `"upstream address pushed"`) {
+		t.Logf("relay46: %s", l)
+	}
 }
 
 // acmeOverIPv4 waits until the terminated host serves a certificate
@@ -271,14 +298,20 @@ func (tp *topology) websockets(t *testing.T) {
 func (tp *topology) prefixChange(t *testing.T) {
 	ctx := context.Background()
 	// The ISP hands out a new prefix: the home takes 2001:db8:2::2:64 (same
-	// interface identifier), the relay's route to it appears, and the
-	// home's name points at it. The old address lingers, as during a real
-	// renumbering, then goes.
+	// interface identifier) and the relay's route to it appears. The old
+	// address lingers deprecated, as during a real renumbering, then goes.
+	// The home tells the relay in both ways: its ddclient pushes (misskey)
+	// and its DNS name points at the new address (blog).
 	tp.home.ip(t, "-6", "addr", "add", homeNew+"/64", "dev", "h0", "nodad")
+	tp.home.ip(t, "-6", "addr", "change", homeOld+"/64", "dev", "h0", "preferred_lft", "0")
 	tp.relay.ip(t, "-6", "route", "add", "2001:db8:2::/64", "dev", "rh0")
-	tp.relayDNS.set(homeName, netip.MustParseAddr(homeNew))
 	changed := time.Now()
-	t.Logf("renumbered: home has %s; DNS %s AAAA now %s (TTL 1s); relay46 pid %d left alone (no reload, no restart)", homeNew, homeName, homeNew, tp.relayPID)
+	tp.relayDNS.set(homeName, netip.MustParseAddr(homeNew))
+	t.Logf("renumbered: home has %s (the old address deprecated); DNS %s AAAA now %s (TTL 1s); relay46 pid %d left alone (no reload, no restart)", homeNew, homeName, homeNew, tp.relayPID)
+	if got := tp.push(t, tp.updatePassword, ""); got != "good "+homeNew {
+		t.Fatalf("update answered %q, want %q", got, "good "+homeNew)
+	}
+	proved(t, "the home's push from its new address moved misskey: relay46 answered \"good %s\" after checking nginx's certificate there", homeNew)
 
 	var body string
 	if err := waitFor(30*time.Second, func() error {
@@ -296,7 +329,7 @@ func (tp *topology) prefixChange(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("passthrough: new connections do not follow the new prefix after 30s: %v", err)
 	}
-	proved(t, "passthrough: new connections reach %s %s after the DNS change: %s", homeNew, time.Since(changed).Round(100*time.Millisecond), strings.TrimSpace(body))
+	proved(t, "passthrough (pushed): new connections reach %s %s after the renumbering: %s", homeNew, time.Since(changed).Round(100*time.Millisecond), strings.TrimSpace(body))
 	var seen []string
 	for _, l := range grepLines(tp.relay46.log, `"logger":"upstream"`, homeNew) {
 		seen = append(seen, l)
@@ -321,7 +354,7 @@ func (tp *topology) prefixChange(t *testing.T) {
 		}
 		t.Fatalf("%s: %v", msg, err)
 	}
-	proved(t, "terminated: new connections reach [%s]:8080 %s after the DNS change: %s", homeNew, time.Since(changed).Round(100*time.Millisecond), strings.TrimSpace(body))
+	proved(t, "terminated (DNS name): new connections reach [%s]:8080 %s after the renumbering (answer TTL 1s, relay46's dns_ttl floor 5s): %s", homeNew, time.Since(changed).Round(100*time.Millisecond), strings.TrimSpace(body))
 
 	for _, s := range []struct {
 		name string
@@ -374,6 +407,22 @@ func (tp *topology) prefixChange(t *testing.T) {
 		ws.close()
 		proved(t, "a new %s WebSocket after the change: %q, %d bytes echoed intact", c.name, ws.greeting, ws.received)
 	}
+	// What must never move the home: a wrong password, or an address
+	// where the home's certificate is not (a stale or foreign prefix).
+	if got := tp.push(t, "not-the-password", "&myip=2001:db8:2::99"); got != "badauth" {
+		t.Fatalf("a push with a wrong password was answered %q, want badauth", got)
+	}
+	if got := tp.push(t, tp.updatePassword, "&myip=2001:db8:3::1"); got != "badip" {
+		t.Fatalf("a push of an address without the home's certificate was answered %q, want badip", got)
+	}
+	why := grepLines(tp.relay46.log, `"origin identity check failed`, strangerIP)
+	if len(why) == 0 || !strings.Contains(why[0], "x509") {
+		t.Fatalf("relay46 did not log a failed certificate check of [%s]:443: %q", strangerIP, why)
+	}
+	t.Logf("relay46: %s", why[0])
+	body = tp.curlFrom(t, "--cacert", tp.homeCAFile, "--resolve", passHost+":443:"+relayV4, "https://"+passHost+"/")
+	mustContain(t, "passthrough after refused pushes", body, "server_addr="+homeNew+" ")
+	proved(t, "a push with a wrong password (badauth), and one of 2001:db8:3::/64 where another subscriber's server answers for %s with a certificate the home's CA did not sign (badip), changed nothing", passHost)
 	if n := len(grepLines(tp.nginxAccessLog, "proxy_protocol_addr="+clientIP+":", "server_addr="+homeNew)); n == 0 {
 		t.Fatalf("nginx logged no request from %s on %s", clientIP, homeNew)
 	}
@@ -394,7 +443,7 @@ func (tp *topology) prefixChange(t *testing.T) {
 	if starts != 1 || reloads != 0 {
 		t.Fatalf("relay46 started %d times and reloaded %d times; want 1 and 0", starts, reloads)
 	}
-	proved(t, "relay46 followed the prefix change as the same process (pid %d, started once, never reloaded) by re-resolving %s", tp.relayPID, homeName)
+	proved(t, "relay46 followed the prefix change as the same process (pid %d, started once, never reloaded): misskey by the home's dyndns2 push, blog by re-resolving %s", tp.relayPID, homeName)
 }
 
 // cleanExit stops relay46 with SIGTERM: it exits 0.
