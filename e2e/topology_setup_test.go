@@ -30,6 +30,11 @@ import (
 
 // network creates the namespaces, links and addresses.
 func (tp *topology) network(t *testing.T) {
+	// Registered first, so it runs after the namespaces' own cleanups have
+	// emptied it.
+	if _, err := os.Stat("/etc/netns"); os.IsNotExist(err) {
+		t.Cleanup(func() { os.Remove("/etc/netns") })
+	}
 	tp.client = newNetns(t, "client")
 	tp.relay = newNetns(t, "relay")
 	tp.home = newNetns(t, "home")
