@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,8 +32,9 @@ func copyBursts(dst, src *net.TCPConn) (int64, error) {
 	}
 	for {
 		err := raw.Read(wait)
-		if err == nil {
-			err = werr
+		if err == nil && werr != nil {
+			// Say which connection failed, as net's own errors do.
+			err = &net.OpError{Op: "read", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("recv", werr)}
 		}
 		if err != nil {
 			return total, err
