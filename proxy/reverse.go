@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +34,7 @@ type termRoute struct {
 	transport *http.Transport
 	proxy     *httputil.ReverseProxy
 	trusted   []netip.Prefix
+	via       string // the relay's pseudonym in Via (loop.go)
 }
 
 // setupTerminate builds the reverse proxy of a terminated route.
@@ -47,7 +49,7 @@ func (s *Server) setupTerminate(r *route) error {
 		port = map[string]string{"http": "80", "https": "443"}[target.Scheme]
 	}
 	up := r.origin // the route's upstream set (upstream package): failover, health, pushed addresses
-	tr := &termRoute{target: target, up: up}
+	tr := &termRoute{target: target, up: up, via: s.viaName()}
 	for _, p := range rc.TrustedProxies {
 		tr.trusted = append(tr.trusted, netip.MustParsePrefix(p))
 	}
@@ -114,6 +116,11 @@ func (tr *termRoute) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = tr.target.Scheme
 	pr.Out.URL.Host = tr.target.Host
 	pr.Out.Host = pr.In.Host
+	// ReverseProxy has re-encoded a query it could not parse (semicolons,
+	// bad escapes, over 10,000 parameters), dropping parts of it: send
+	// the query the client sent, which is what the origin's signatures
+	// and parser expect.
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 
 	client := clientAddr(pr.In)
 	// ReverseProxy has already removed X-Forwarded-* and Forwarded from
@@ -142,6 +149,7 @@ func (tr *termRoute) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Header.Set("X-Forwarded-Proto", proto)
 	pr.Out.Header.Set("X-Forwarded-Host", host)
 	pr.Out.Header.Set("X-Real-IP", realIP.String())
+	pr.Out.Header.Add("Via", viaEntry(pr.In, tr.via))
 }
 
 func (tr *termRoute) isTrusted(a netip.Addr) bool {
@@ -232,6 +240,10 @@ func (s *Server) proxyHTTP(w http.ResponseWriter, req *http.Request, r *route) {
 		s.Metrics.HTTPRequest(r.name, req.Method, rec.code(), time.Since(start))
 		s.accessLog(req, r, rec, time.Since(start))
 	}()
+	if looped(req.Header, r.term.via) {
+		s.errorPage(rec, req, r, http.StatusLoopDetected, "This request came back to the relay that forwarded it: the site's upstream leads to the relay itself.")
+		return
+	}
 	if up := req.Header.Get("Upgrade"); up != "" && !strings.EqualFold(up, "websocket") {
 		s.errorPage(rec, req, r, http.StatusBadRequest, "Only WebSocket upgrades are relayed.")
 		return
@@ -245,11 +257,12 @@ func (s *Server) proxyHTTP(w http.ResponseWriter, req *http.Request, r *route) {
 		// may outlast the handshake on a connection about to be hijacked.
 		http.NewResponseController(w).SetReadDeadline(time.Time{})
 	} else if req.Body != nil && req.Body != http.NoBody {
-		req.Body = &progressBody{
+		rec.upload = &progressBody{
 			ReadCloser: http.MaxBytesReader(rec, req.Body, r.cfg.MaxBody),
 			rc:         http.NewResponseController(w),
 			idle:       or(s.TermTimeouts.BodyIdle, TermBodyIdleTimeout),
 		}
+		req.Body = rec.upload
 	}
 	r.term.proxy.ServeHTTP(rec, req)
 }
@@ -258,13 +271,30 @@ func (s *Server) proxyHTTP(w http.ResponseWriter, req *http.Request, r *route) {
 // read may take up to TermBodyIdleTimeout.
 type progressBody struct {
 	io.ReadCloser
-	rc   *http.ResponseController
-	idle time.Duration
+	rc       *http.ResponseController
+	idle     time.Duration
+	deadline atomic.Int64 // of the read in progress, in Unix ns; 0: none
+	stalled  atomic.Bool  // a read timed out: the client stopped sending
 }
 
 func (b *progressBody) Read(p []byte) (int, error) {
-	b.rc.SetReadDeadline(time.Now().Add(b.idle))
-	return b.ReadCloser.Read(p)
+	d := time.Now().Add(b.idle)
+	b.deadline.Store(d.UnixNano())
+	b.rc.SetReadDeadline(d)
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		b.stalled.Store(true)
+	}
+	b.deadline.Store(0)
+	return n, err
+}
+
+// timedOut reports whether the upload stopped arriving. Go's server
+// cancels the request's context as the read times out, so the round trip
+// may fail, looking like a client that left, before the read returns.
+func (b *progressBody) timedOut() bool {
+	d := b.deadline.Load()
+	return b.stalled.Load() || d != 0 && time.Now().UnixNano() >= d
 }
 
 // proxyError turns a failed round trip into a page the user can understand
@@ -276,6 +306,8 @@ func (s *Server) proxyError(w http.ResponseWriter, req *http.Request, r *route, 
 	switch {
 	case errors.As(err, &mbe):
 		code, msg = http.StatusRequestEntityTooLarge, "The request body is larger than this site accepts."
+	case uploadStalled(w):
+		code, msg = http.StatusRequestTimeout, "The upload stopped arriving."
 	case errors.Is(err, context.Canceled):
 		// The client went away; nobody is left to read a page.
 		code, msg = 499, ""
@@ -289,7 +321,9 @@ func (s *Server) proxyError(w http.ResponseWriter, req *http.Request, r *route, 
 		if rec, ok := w.(*statusRecorder); ok {
 			rec.status = 499
 		}
-		return
+		// Send nothing at all: returning would let the server answer an
+		// empty 200 to a client that has only half-closed.
+		panic(http.ErrAbortHandler)
 	}
 	s.errorPage(w, req, r, code, msg)
 }
@@ -303,7 +337,7 @@ func (s *Server) errorPage(w http.ResponseWriter, req *http.Request, r *route, c
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
-	if code == http.StatusRequestEntityTooLarge || code == http.StatusMisdirectedRequest {
+	if code == http.StatusRequestEntityTooLarge || code == http.StatusMisdirectedRequest || code == http.StatusRequestTimeout {
 		h.Set("Connection", "close")
 	}
 	w.WriteHeader(code)
@@ -320,6 +354,14 @@ type statusRecorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	upload *progressBody // the request body, if read under progress deadlines
+}
+
+// uploadStalled reports whether the request answered through w failed
+// because its body stopped arriving.
+func uploadStalled(w http.ResponseWriter) bool {
+	rec, ok := w.(*statusRecorder)
+	return ok && rec.upload != nil && rec.upload.timedOut()
 }
 
 func (r *statusRecorder) WriteHeader(code int) {

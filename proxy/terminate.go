@@ -91,9 +91,9 @@ func (s *Server) term() *terminator {
 			srv.Protocols.SetHTTP2(true)
 			return srv
 		}
-		t.tlsSrv = newSrv(http.HandlerFunc(s.serveTerminated))
+		t.tlsSrv = newSrv(closeAfterFailedUpgrade(http.HandlerFunc(s.serveTerminated)))
 		t.tlsSrv.ConnContext = withTLSState
-		t.plain = newSrv(http.HandlerFunc(s.servePlain))
+		t.plain = newSrv(closeAfterFailedUpgrade(http.HandlerFunc(s.servePlain)))
 		go t.tlsSrv.Serve(t.tlsLn)
 		go t.plain.Serve(t.httpLn)
 		s.terminator = t
