@@ -106,6 +106,8 @@ type env struct {
 // has Pebble's DNS answer AAAA ::1, as for an IPv6-only relay.
 type envOpts struct {
 	IPv6 bool
+	// NonceRejectPercent has Pebble reject that share of nonces.
+	NonceRejectPercent int
 }
 
 func newEnv(t *testing.T, opts envOpts) *env {
@@ -117,9 +119,10 @@ func newEnv(t *testing.T, opts envOpts) *env {
 	httpLn := listenOn(t, loopback)
 	tlsLn := listenOn(t, loopback)
 	e.pebble = pebbletest.Start(t, pebbletest.Opts{
-		HTTPPort: httpLn.Addr().(*net.TCPAddr).Port,
-		TLSPort:  tlsLn.Addr().(*net.TCPAddr).Port,
-		Addr:     loopback,
+		HTTPPort:           httpLn.Addr().(*net.TCPAddr).Port,
+		TLSPort:            tlsLn.Addr().(*net.TCPAddr).Port,
+		Addr:               loopback,
+		NonceRejectPercent: opts.NonceRejectPercent,
 		Logf: func(format string, args ...any) {
 			e.logMu.Lock()
 			fmt.Fprintf(&e.log, format+"\n", args...)

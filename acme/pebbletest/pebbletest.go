@@ -24,10 +24,12 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log"
+	"maps"
 	"net"
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -63,6 +65,11 @@ type Opts struct {
 	// Logf receives Pebble's log lines. Nil means t.Logf, which the test
 	// prints only on failure or with -v.
 	Logf func(format string, args ...any)
+
+	// NonceRejectPercent is the share of valid nonces Pebble rejects as
+	// badNonce (PEBBLE_WFE_NONCEREJECT), as a real CA may after a
+	// restart. Zero means none.
+	NonceRejectPercent int
 }
 
 // Pebble is a running in-process Pebble.
@@ -123,8 +130,12 @@ func Start(t testing.TB, opts Opts) *Pebble {
 		profile.ValidityPeriod = uint64(opts.Validity.Round(time.Second) / time.Second)
 	}
 
+	env := maps.Clone(pebbleEnv)
+	if opts.NonceRejectPercent > 0 {
+		env["PEBBLE_WFE_NONCEREJECT"] = strconv.Itoa(opts.NonceRejectPercent)
+	}
 	envMu.Lock()
-	restore := setenv(pebbleEnv)
+	restore := setenv(env)
 	store := db.NewMemoryStore()
 	authority := ca.New(logger, store, "", "ecdsa", 0, 1, map[string]ca.Profile{"default": profile})
 	validator := va.New(logger, opts.HTTPPort, opts.TLSPort, false, p.DNSAddr, store)
