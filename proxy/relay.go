@@ -38,13 +38,15 @@ func relay(client, upstream net.Conn, fromClient copier, idle time.Duration) rel
 			upstream.Close()
 		})
 	}
-	var clientDone atomic.Bool // the client finished sending cleanly
+	var oneDone atomic.Bool // one side finished sending cleanly
 	fail := func(err error) {
-		// A client that has said all it had to say may close without
-		// reading the origin's goodbye (a TLS close_notify, say); the
-		// reset that follows is not a failure of the relay. Nor is the
-		// error of a connection the relay closed itself.
-		if !(clientDone.Load() && isReset(err)) && !errors.Is(err, net.ErrClosed) {
+		// Once one side has said all it had to say, its peer may close
+		// without reading the rest: a client that does not wait for the
+		// origin's TLS close_notify, an origin that ends a keep-alive
+		// connection while the client's next request is on its way. The
+		// reset that follows is how TCP says so, not a failure of the
+		// relay. Nor is the error of a connection the relay closed itself.
+		if !(oneDone.Load() && isReset(err)) && !errors.Is(err, net.ErrClosed) {
 			errOnce.Do(func() { res.err = err })
 		}
 		closeBoth()
@@ -54,9 +56,9 @@ func relay(client, upstream net.Conn, fromClient copier, idle time.Duration) rel
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		res.toClient = copyUpstreamToClient(client, upstream, fail)
+		res.toClient = copyUpstreamToClient(client, upstream, fail, &oneDone)
 	}()
-	res.fromClient = copyClientToUpstream(upstream, fromClient, fail, &clientDone)
+	res.fromClient = copyClientToUpstream(upstream, fromClient, fail, &oneDone)
 	<-done
 	closeBoth()
 	watch.stop() // after this, the watcher's write of res.idle is visible
@@ -91,8 +93,11 @@ func copyClientToUpstream(upstream net.Conn, fromClient copier, fail func(error)
 	return finishHalf(upstream, n, err, fail)
 }
 
-func copyUpstreamToClient(client, upstream net.Conn, fail func(error)) int64 {
+func copyUpstreamToClient(client, upstream net.Conn, fail func(error), done *atomic.Bool) int64 {
 	n, err := copyRaw(client, upstream)
+	if err == nil {
+		done.Store(true)
+	}
 	return finishHalf(client, n, err, fail)
 }
 
