@@ -140,11 +140,11 @@ func TestHostileOriginsPassthrough(t *testing.T) {
 		within     time.Duration // the client's connection ends within
 	}
 	cases := []tcase{
-		{"origin does not answer the dial (timeouts.dial)", "timeout", blackhole(t), "dial_failed", "timeout", time.Second},
-		{"origin resets at once", "reset", badOrigin(t, resetAtOnce), "aborted", "reset", time.Second},
-		{"origin resets mid-stream", "resetmid", badOrigin(t, resetMid), "aborted", "reset", time.Second},
-		{"origin answers with something not TLS", "nottls", badOrigin(t, notHTTP), "ok", "", time.Second},
-		{"origin accepts, then says nothing (timeouts.idle)", "stall", badOrigin(t, stallAtOnce), "idle_timeout", "", 2 * time.Second},
+		{"origin does not answer the dial (timeouts.dial)", "timeout", blackhole(t), "dial_failed", "timeout", 3 * time.Second},
+		{"origin resets at once", "reset", badOrigin(t, resetAtOnce), "aborted", "reset", 3 * time.Second},
+		{"origin resets mid-stream", "resetmid", badOrigin(t, resetMid), "aborted", "reset", 3 * time.Second},
+		{"origin answers with something not TLS", "nottls", badOrigin(t, notHTTP), "ok", "", 3 * time.Second},
+		{"origin accepts, then says nothing (timeouts.idle)", "stall", badOrigin(t, stallAtOnce), "idle_timeout", "", 4 * time.Second},
 	}
 	cfg := fmt.Sprintf("routes:\n  - name: home\n    hosts: [misskey.example.com]\n    upstream: %q\n", good.addr())
 	for _, tc := range cases {
@@ -247,7 +247,7 @@ func TestHostileOriginsTerminated(t *testing.T) {
 					// The status was already sent when the origin broke.
 					t.Errorf("got %d with %d bytes and err %v: a broken body looked complete", resp.StatusCode, len(body), err)
 				}
-				if d > 2*time.Second {
+				if d > 4*time.Second {
 					t.Errorf("took %v", d)
 				}
 				t.Logf("%d, %d body bytes, err %v, after %v", resp.StatusCode, len(body), err, d.Round(time.Millisecond))
