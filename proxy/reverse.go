@@ -235,7 +235,7 @@ func (s *Server) servePlain(w http.ResponseWriter, req *http.Request) {
 // proxyHTTP checks a request against the route's limits and proxies it.
 func (s *Server) proxyHTTP(w http.ResponseWriter, req *http.Request, r *route) {
 	start := time.Now()
-	rec := &statusRecorder{ResponseWriter: w}
+	rec := &statusRecorder{ResponseWriter: w, rc: http.NewResponseController(w), writeIdle: or(s.TermTimeouts.WriteIdle, TermWriteIdleTimeout)}
 	defer func() {
 		s.Metrics.HTTPRequest(r.name, req.Method, rec.code(), time.Since(start))
 		s.accessLog(req, r, rec, time.Since(start))
@@ -355,6 +355,13 @@ type statusRecorder struct {
 	status int
 	bytes  int64
 	upload *progressBody // the request body, if read under progress deadlines
+
+	// Each write may block for at most writeIdle: a client that stops
+	// reading is cut, one that reads slowly is not. The deadline is
+	// cleared after the write so a quiet stream (server-sent events)
+	// waiting for its next event is not cut either.
+	rc        *http.ResponseController
+	writeIdle time.Duration
 }
 
 // uploadStalled reports whether the request answered through w failed
@@ -375,12 +382,30 @@ func (r *statusRecorder) Write(p []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
+	r.armWrite()
 	n, err := r.ResponseWriter.Write(p)
+	r.disarmWrite()
 	r.bytes += int64(n)
 	return n, err
 }
 
-func (r *statusRecorder) Flush() { http.NewResponseController(r.ResponseWriter).Flush() }
+func (r *statusRecorder) Flush() {
+	r.armWrite()
+	http.NewResponseController(r.ResponseWriter).Flush()
+	r.disarmWrite()
+}
+
+func (r *statusRecorder) armWrite() {
+	if r.rc != nil && r.writeIdle > 0 {
+		r.rc.SetWriteDeadline(time.Now().Add(r.writeIdle))
+	}
+}
+
+func (r *statusRecorder) disarmWrite() {
+	if r.rc != nil && r.writeIdle > 0 {
+		r.rc.SetWriteDeadline(time.Time{})
+	}
+}
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 

@@ -38,6 +38,9 @@ const (
 	// TermBodyIdleTimeout cuts an upload that makes no progress for this
 	// long; a slow upload that keeps moving is never cut.
 	TermBodyIdleTimeout = time.Minute
+	// TermWriteIdleTimeout cuts a response to a client that stops reading
+	// for this long; a slow reader that keeps reading is never cut.
+	TermWriteIdleTimeout = time.Minute
 	// DefaultResponseHeaderTimeout bounds waiting for the origin's
 	// response head (504 beyond it).
 	DefaultResponseHeaderTimeout = time.Minute
@@ -49,9 +52,10 @@ const (
 // TermTimeouts overrides limits of the terminating HTTP servers; a zero
 // field keeps the documented default.
 type TermTimeouts struct {
-	Header   time.Duration // default TermHeaderTimeout
-	Idle     time.Duration // default TermIdleTimeout
-	BodyIdle time.Duration // default TermBodyIdleTimeout
+	Header    time.Duration // default TermHeaderTimeout
+	Idle      time.Duration // default TermIdleTimeout
+	BodyIdle  time.Duration // default TermBodyIdleTimeout
+	WriteIdle time.Duration // default TermWriteIdleTimeout
 }
 
 func or(d, def time.Duration) time.Duration {
