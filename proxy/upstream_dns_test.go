@@ -61,11 +61,15 @@ routes:
 
 	// The resolver goes down. New connections keep going to the last good
 	// answer for several TTLs, and the log says why.
+	// (A dropped question takes the 2s query timeout to fail.)
 	dns.Fail(dnstest.Drop)
-	steadyServes(t, r, "misskey.example.com", roots, "new", 3*time.Second)
-	if r.logCount("resolving upstream failed; keeping the last good answer") == 0 {
-		t.Error("the resolver outage was not logged")
+	for start := time.Now(); r.logCount("resolving upstream failed; keeping the last good answer") < 2; {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the resolver outage was not logged")
+		}
+		steadyServes(t, r, "misskey.example.com", roots, "new", 200*time.Millisecond)
 	}
+	steadyServes(t, r, "misskey.example.com", roots, "new", time.Second)
 	if got := kept.ask(t, "misskey.example.com"); got != "old" {
 		t.Errorf("the kept connection now reaches %q", got)
 	}

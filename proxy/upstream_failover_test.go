@@ -102,6 +102,11 @@ routes:
 	}
 	if failedDials > outages {
 		t.Errorf("%d failed dials in %d outages: after the first, the primary should be set aside", failedDials, outages)
+		for _, e := range r.logs.All() {
+			if e.Message != "connection" {
+				t.Logf("%s %s %v", e.Time.Format("15:04:05.000"), e.Message, e.ContextMap())
+			}
+		}
 	}
 }
 

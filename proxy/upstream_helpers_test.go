@@ -46,6 +46,7 @@ type homeOrigin struct {
 
 	mu  sync.Mutex
 	srv *http.Server
+	ln  net.Listener // the TCP listener under srv
 }
 
 func startHome(t testing.TB, name, network, addr string, cert *tls.Certificate) *homeOrigin {
@@ -72,6 +73,7 @@ func (h *homeOrigin) start() error {
 		return err
 	}
 	h.addr = ln.Addr().String()
+	h.ln = ln
 	if h.cert.Load() != nil {
 		ln = tls.NewListener(ln, &tls.Config{
 			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return h.cert.Load(), nil },
@@ -92,6 +94,9 @@ func (h *homeOrigin) pause() {
 	if h.srv != nil {
 		srv := h.srv
 		h.srv = nil
+		// Closed here, not by Shutdown in its goroutine: once pause
+		// returns, a new connection is refused.
+		h.ln.Close()
 		done := make(chan struct{})
 		go func() { srv.Shutdown(context.Background()); close(done) }()
 		h.t.Cleanup(func() { <-done })

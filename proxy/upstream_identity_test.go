@@ -123,6 +123,7 @@ routes:
     identity_ca: %q
     health_check: {interval: 100ms, timeout: 100ms}
 `, home.addr, writeTemp(t, "ca.pem", ca.pem)))
+	waitServes(t, r, "misskey.example.com", ca.pool, "home", 3*time.Second)
 	steadyServes(t, r, "misskey.example.com", ca.pool, "home", 300*time.Millisecond)
 
 	theirs := ca.issue(t, "shop.someone-else.example")

@@ -51,6 +51,7 @@ func (s *Set) checkRound() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			started := s.reg.now()
 			err := s.probe(pt.ap)
 			if s.ctx.Err() != nil {
 				return
@@ -60,7 +61,7 @@ func (s *Set) checkRound() {
 				s.reg.identityFailed(s.route, pt.ap, err)
 				pt.m.revoke(pt.ap.Addr(), err)
 			}
-			s.checked(pt.ap, err)
+			s.checked(pt.ap, started, err)
 		}()
 	}
 	wg.Wait()
@@ -121,8 +122,10 @@ func (s *Set) probeHTTP(c net.Conn) error {
 }
 
 // checked applies a probe result: fall failures in a row mark an address
-// down, rise successes in a row mark it up again and end any ejection.
-func (s *Set) checked(ap netip.AddrPort, err error) {
+// down, rise successes in a row mark it up again. A success also ends an
+// ejection, but only a probe started after the failed dial that caused
+// it: one that connected just before the origin went away proves nothing.
+func (s *Set) checked(ap netip.AddrPort, started time.Time, err error) {
 	s.mu.Lock()
 	st := s.state(ap)
 	was := st.up
@@ -132,7 +135,7 @@ func (s *Set) checked(ap netip.AddrPort, err error) {
 		if st.okRun >= s.health.Rise {
 			st.up = true
 		}
-		if st.up {
+		if st.up && started.After(st.ejectedAt) {
 			st.dialFails, st.ejectedUntil = 0, time.Time{}
 		}
 	} else {

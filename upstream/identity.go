@@ -41,12 +41,11 @@ type identitySpec struct {
 
 func newIdentitySpec(rc *config.Route, proxyVer int) (*identitySpec, error) {
 	id := rc.Identity
+	// A new address gets the dial timeout to prove itself; health probes
+	// bound the same check by their own, shorter, timeout.
 	spec := &identitySpec{
 		name: id.Name, proxyVer: proxyVer, timeout: rc.Timeouts.Dial,
 		key: strings.Join(append([]string{rc.Name, id.Name, id.CAFile, fmt.Sprint(proxyVer)}, id.Pins...), "\x00"),
-	}
-	if rc.HealthCheck != nil {
-		spec.timeout = rc.HealthCheck.Timeout
 	}
 	for _, p := range id.Pins {
 		b, err := base64.StdEncoding.DecodeString(p)

@@ -61,6 +61,7 @@ type addrState struct {
 	okRun        int  // consecutive successful checks
 	failRun      int  // consecutive failed checks
 	dialFails    int  // consecutive failed dials
+	ejectedAt    time.Time
 	ejectedUntil time.Time
 	exported     int8 // relay46_upstream_up as last set: -1 never, 0, 1
 }
@@ -373,7 +374,8 @@ func (s *Set) report(ap netip.AddrPort, err error) {
 	st.dialFails++
 	eject := s.eject.Failures > 0 && st.dialFails >= s.eject.Failures
 	if eject {
-		st.ejectedUntil = s.reg.now().Add(s.eject.Duration)
+		st.ejectedAt = s.reg.now()
+		st.ejectedUntil = st.ejectedAt.Add(s.eject.Duration)
 		s.exportLocked(ap, st, false)
 	}
 	n := st.dialFails

@@ -170,7 +170,7 @@ routes:
 	// The home's prefix changes: within the 1s TTL new dials go there.
 	dns.Set("home.example.net", time.Second, ip("2001:db8:2::2:64"))
 	took := eventually(t, 3*time.Second, func() string { return want(candidates(t, up), "[2001:db8:2::2:64]:443") })
-	if took > 1200*time.Millisecond {
+	if took > 1500*time.Millisecond {
 		t.Errorf("followed the new answer after %s; the TTL was 1s", took)
 	}
 	if up.Allows(ap("[2001:db8:1::2:64]:443")) || !up.Allows(ap("[2001:db8:2::2:64]:443")) {
@@ -179,14 +179,17 @@ routes:
 
 	// The resolver goes away: the last good answer stays, for longer than
 	// its TTL, and the log says why.
+	// (A dropped question takes the 2s query timeout to fail.)
 	dns.Fail(dnstest.Drop)
-	time.Sleep(3 * time.Second)
-	if msg := want(candidates(t, up), "[2001:db8:2::2:64]:443"); msg != "" {
-		t.Fatalf("during the outage: %s", msg)
-	}
-	if n := tr.logs.FilterMessage("resolving upstream failed; keeping the last good answer").Len(); n == 0 {
-		t.Error("the outage was not logged")
-	}
+	eventually(t, 10*time.Second, func() string {
+		if msg := want(candidates(t, up), "[2001:db8:2::2:64]:443"); msg != "" {
+			t.Fatalf("during the outage: %s", msg)
+		}
+		if tr.logs.FilterMessage("resolving upstream failed; keeping the last good answer").Len() < 2 {
+			return "the outage was not logged (twice)"
+		}
+		return ""
+	})
 	dns.Fail(dnstest.Answer)
 	dns.Set("home.example.net", time.Second, ip("2001:db8:3::2:64"))
 	eventually(t, 10*time.Second, func() string { return want(candidates(t, up), "[2001:db8:3::2:64]:443") })
