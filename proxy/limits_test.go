@@ -1,12 +1,18 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
+	"github.com/relay46/relay46/config"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -183,4 +189,57 @@ func TestAccessLogSwitch(t *testing.T) {
 			t.Error("a connection was logged for a route with access_log: false")
 		}
 	}
+}
+
+// emfileListener fails Accept with EMFILE a few times before passing
+// through, as a process out of descriptors would.
+type emfileListener struct {
+	net.Listener
+	fails atomic.Int32
+}
+
+func (l *emfileListener) Accept() (net.Conn, error) {
+	if l.fails.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+func TestAcceptSurvivesEMFILE(t *testing.T) {
+	cert, roots := testCert(t, "misskey.example.com")
+	o := startOrigin(t, &cert, false, nil)
+	cfg, err := config.Parse("t.yaml", []byte(passthroughConfig(o.addr(), "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	s := &Server{Logger: zap.New(core)}
+	if err := s.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	ln, _ := net.Listen("tcp4", "127.0.0.1:0")
+	el := &emfileListener{Listener: ln}
+	el.fails.Store(5)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(el, HTTPS) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	}()
+	start := time.Now()
+	c, err := dialTLS(t, ln.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "misskey.example.com"}, nil)
+	if err != nil {
+		t.Fatalf("not served after EMFILE: %v", err)
+	}
+	c.Close()
+	if n := logs.FilterMessage("accept failed; retrying").Len(); n != 5 {
+		t.Errorf("%d accept failures logged, want 5", n)
+	}
+	select {
+	case err := <-served:
+		t.Fatalf("Serve returned %v", err)
+	default:
+	}
+	t.Logf("served after 5 EMFILEs in %v (backoff 5ms doubling)", time.Since(start).Round(time.Millisecond))
 }
