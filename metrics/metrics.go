@@ -61,6 +61,7 @@ type Metrics struct {
 	dialFailures  *prometheus.CounterVec
 	upstreamUp    *prometheus.GaugeVec
 	addrChanges   *prometheus.CounterVec
+	identityFails *prometheus.CounterVec
 	httpRequests  *prometheus.CounterVec
 	httpDuration  *prometheus.HistogramVec
 	certExpiry    *prometheus.GaugeVec
@@ -150,6 +151,8 @@ func New(reg *prometheus.Registry, build BuildInfo, opts ...Option) *Metrics {
 			"Whether an upstream address of a route is reachable (1) or not (0).", "route", "addr"),
 		addrChanges: counter("upstream_address_changes_total",
 			"Times the resolved or pushed upstream address of a route changed.", "route"),
+		identityFails: counter("upstream_identity_failures_total",
+			"New upstream addresses refused because they could not prove to be the origin (certificate name or pinned key), by route.", "route"),
 		httpRequests: counter("http_requests_total",
 			"HTTP requests proxied on terminated routes, by route, method and status class.", "route", "method", "code"),
 		httpDuration: histogram("http_request_duration_seconds",
@@ -175,7 +178,7 @@ func New(reg *prometheus.Registry, build BuildInfo, opts ...Option) *Metrics {
 		buildInfo,
 		m.connAccepted, m.connInFlight, m.connFinished, m.connDuration, m.relayedBytes,
 		m.peekFailures, m.unknownHost, m.refused,
-		m.dialDuration, m.dialFailures, m.upstreamUp, m.addrChanges,
+		m.dialDuration, m.dialFailures, m.upstreamUp, m.addrChanges, m.identityFails,
 		m.httpRequests, m.httpDuration,
 		m.certExpiry, m.acmeAttempts,
 		m.reloads, m.reloadOK, m.reloadSuccess,

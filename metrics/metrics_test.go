@@ -533,3 +533,15 @@ func exercise(m *Metrics) {
 	m.ConfigReload(false)
 	m.ConfigReload(true)
 }
+
+func TestUpstreamIdentityFailed(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg, BuildInfo{})
+	m.UpstreamIdentityFailed("misskey")
+	m.UpstreamIdentityFailed("misskey")
+	var nilM *Metrics
+	nilM.UpstreamIdentityFailed("misskey")
+	if got := testutil.ToFloat64(m.identityFails.WithLabelValues("misskey")); got != 2 {
+		t.Errorf("identity failures = %v, want 2", got)
+	}
+}

@@ -119,6 +119,15 @@ func (m *Metrics) UpstreamAddrChanged(route string) {
 	m.addrChanges.WithLabelValues(named(route)).Inc()
 }
 
+// UpstreamIdentityFailed records an address refused by the origin
+// identity check: a stale prefix handed to someone else, or a wrong pin.
+func (m *Metrics) UpstreamIdentityFailed(route string) {
+	if m == nil {
+		return
+	}
+	m.identityFails.WithLabelValues(named(route)).Inc()
+}
+
 // HTTPRequest records a request proxied on a terminated route. The method is
 // folded to the common methods or "other" and the status to its class.
 func (m *Metrics) HTTPRequest(route, method string, status int, d time.Duration) {
