@@ -5,43 +5,15 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/relay46/relay46/internal/promtest"
 )
 
 // Debian's prometheus package provides these; .ci/run installs it.
-const (
-	promtoolPath   = "/usr/bin/promtool"
-	prometheusPath = "/usr/bin/prometheus"
-)
-
-// requireTool returns path if it is an executable. Otherwise the test fails
-// when CI=true, so CI can never pass by silently skipping, and skips elsewhere.
-func requireTool(t *testing.T, path string) string {
-	t.Helper()
-	msg, fail := toolMissing(path, os.Getenv)
-	switch {
-	case msg == "":
-		return path
-	case fail:
-		t.Fatal(msg)
-	default:
-		t.Skip(msg)
-	}
-	return path
-}
-
-// toolMissing says why path is unusable ("" if it is usable) and whether that
-// must fail the test rather than skip it.
-func toolMissing(path string, getenv func(string) string) (msg string, fail bool) {
-	if _, err := exec.LookPath(path); err != nil {
-		return path + " not found (install Debian's prometheus package); with CI=true this is a failure: " + err.Error(),
-			getenv("CI") == "true"
-	}
-	return "", false
-}
+const ()
 
 func TestToolMissingFailsOnlyInCI(t *testing.T) {
 	env := func(v string) func(string) string {
@@ -52,13 +24,13 @@ func TestToolMissingFailsOnlyInCI(t *testing.T) {
 			return ""
 		}
 	}
-	if msg, fail := toolMissing("/nonexistent/promtool", env("true")); msg == "" || !fail {
+	if msg, fail := promtest.ToolMissing("/nonexistent/promtool", env("true")); msg == "" || !fail {
 		t.Errorf("missing tool with CI=true: msg %q, fail %v; want a failure", msg, fail)
 	}
-	if msg, fail := toolMissing("/nonexistent/promtool", env("")); msg == "" || fail {
+	if msg, fail := promtest.ToolMissing("/nonexistent/promtool", env("")); msg == "" || fail {
 		t.Errorf("missing tool without CI: msg %q, fail %v; want a skip", msg, fail)
 	}
-	if msg, _ := toolMissing("/bin/sh", env("true")); msg != "" {
+	if msg, _ := promtest.ToolMissing("/bin/sh", env("true")); msg != "" {
 		t.Errorf("present tool reported missing: %s", msg)
 	}
 }
@@ -67,7 +39,7 @@ func TestToolMissingFailsOnlyInCI(t *testing.T) {
 // combined output and whether it exited 0.
 func runPromtool(t *testing.T, dir string, stdin []byte, args ...string) (string, bool) {
 	t.Helper()
-	cmd := exec.CommandContext(t.Context(), requireTool(t, promtoolPath), args...)
+	cmd := exec.CommandContext(t.Context(), promtest.RequireTool(t, promtest.PromtoolPath), args...)
 	cmd.Dir = dir
 	cmd.Stdin = bytes.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
@@ -82,7 +54,7 @@ func runPromtool(t *testing.T, dir string, stdin []byte, args ...string) (string
 // TestPromtoolCheckMetrics lints relay46's real /metrics output, served over
 // HTTP on loopback, with every relay46 series present.
 func TestPromtoolCheckMetrics(t *testing.T) {
-	requireTool(t, promtoolPath)
+	promtest.RequireTool(t, promtest.PromtoolPath)
 	m, _ := newTestMetrics(t)
 	exercise(m)
 

@@ -4,33 +4,29 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/relay46/relay46/internal/promtest"
 
 	"github.com/relay46/relay46/proxy"
 )
 
 // Debian's prometheus package provides these; .ci/run installs it.
 const (
-	promtoolPath   = "/usr/bin/promtool"
-	prometheusPath = "/usr/bin/prometheus"
-	deployDir      = "../../deploy/prometheus"
+	deployDir = "../../deploy/prometheus"
 )
 
 // TestPrometheusScrapesTheDaemon runs the real daemon with a passthrough,
@@ -166,8 +162,8 @@ routes:
 	}
 
 	t.Run("promtool check metrics", func(t *testing.T) {
-		requireTool(t, promtoolPath)
-		cmd := exec.Command(promtoolPath, "check", "metrics")
+		promtest.RequireTool(t, promtest.PromtoolPath)
+		cmd := exec.Command(promtest.PromtoolPath, "check", "metrics")
 		cmd.Stdin = strings.NewReader(body)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("promtool check metrics: %v\n%s", err, out)
@@ -178,8 +174,7 @@ routes:
 		if testing.Short() {
 			t.Skip("starts a Prometheus server")
 		}
-		requireTool(t, prometheusPath)
-		prom := startPrometheus(t, adminAddr)
+		prom := promtest.Start(t, deployDir, adminAddr)
 		for _, q := range [][2]string{
 			{`up{job="relay46"}`, "1"},
 			{`relay46_connections_finished_total{route="pass",outcome="ok"}`, "3"},
@@ -194,7 +189,7 @@ routes:
 			// At least three scrapes, so rate() and increase() in the rules have data.
 			{`count_over_time(up{job="relay46"}[1m]) >= bool 3`, "1"},
 		} {
-			prom.waitFor(t, q[0], q[1])
+			prom.WaitFor(t, q[0], q[1])
 		}
 		checkAlerts(t, prom, notAfter)
 	})
@@ -202,7 +197,7 @@ routes:
 
 // checkAlerts waits for every rule of alerts.yml to be evaluated on the
 // scraped data and checks that only the certificate alert is active.
-func checkAlerts(t *testing.T, prom *prometheusServer, notAfter time.Time) {
+func checkAlerts(t *testing.T, prom *promtest.Server, notAfter time.Time) {
 	t.Helper()
 	type rule struct {
 		Name, Health, State string
@@ -218,7 +213,7 @@ func checkAlerts(t *testing.T, prom *prometheusServer, notAfter time.Time) {
 	deadline := since.Add(30 * time.Second)
 	for {
 		var res struct{ Groups []struct{ Rules []rule } }
-		prom.get(t, "/api/v1/rules", &res)
+		prom.Get(t, "/api/v1/rules", &res)
 		rules = rules[:0]
 		for _, g := range res.Groups {
 			rules = append(rules, g.Rules...)
@@ -231,7 +226,7 @@ func checkAlerts(t *testing.T, prom *prometheusServer, notAfter time.Time) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if n := strings.Count(readDeploy(t, "alerts.yml"), "- alert: "); len(rules) != n {
+	if n := strings.Count(promtest.ReadDeploy(t, deployDir, "alerts.yml"), "- alert: "); len(rules) != n {
 		t.Errorf("Prometheus loaded %d rules, alerts.yml has %d", len(rules), n)
 	}
 	for _, r := range rules {
@@ -405,187 +400,4 @@ func mkdir(t *testing.T, parent, name string) string {
 		t.Fatal(err)
 	}
 	return p
-}
-
-// requireTool fails the test when path is missing and CI is set, so CI
-// cannot pass by skipping, and skips it elsewhere.
-func requireTool(t *testing.T, path string) {
-	t.Helper()
-	if _, err := exec.LookPath(path); err != nil {
-		msg := path + " not found (install Debian's prometheus package): " + err.Error()
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-}
-
-func readDeploy(t *testing.T, name string) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(deployDir, name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
-type prometheusServer struct {
-	base   string
-	client *http.Client
-}
-
-// startPrometheus runs Prometheus on a free loopback port with temp copies
-// of deploy/prometheus/prometheus.yml, scraping target every second, and
-// alerts.yml, and stops it with SIGINT at test end.
-func startPrometheus(t *testing.T, target string) *prometheusServer {
-	t.Helper()
-	dir := t.TempDir()
-	cfg := readDeploy(t, "prometheus.yml")
-	for _, r := range [][2]string{
-		{`"127.0.0.1:9046"`, strconv.Quote(target)},
-		{"scrape_interval: 15s", "scrape_interval: 1s"},
-		{"evaluation_interval: 15s", "evaluation_interval: 1s"},
-		{"rule_files:\n  - alerts.yml\n", "rule_files:\n  - " + filepath.Join(dir, "alerts.yml") + "\n"},
-	} {
-		if !strings.Contains(cfg, r[0]) {
-			t.Fatalf("deploy/prometheus/prometheus.yml no longer contains %q; update this test", r[0])
-		}
-		cfg = strings.ReplaceAll(cfg, r[0], r[1])
-	}
-	for name, content := range map[string]string{"prometheus.yml": cfg, "alerts.yml": readDeploy(t, "alerts.yml")} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Prometheus cannot report a port it chose: pick one, retry if taken.
-	var err error
-	for range 3 {
-		var p *prometheusServer
-		if p, err = runPrometheus(t, dir, freeAddr(t)); err == nil {
-			return p
-		}
-	}
-	t.Fatal(err)
-	return nil
-}
-
-func runPrometheus(t *testing.T, dir, addr string) (*prometheusServer, error) {
-	cmd := exec.Command(prometheusPath, "--config.file="+filepath.Join(dir, "prometheus.yml"),
-		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr, "--log.level=warn")
-	var logs syncBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() error {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case err := <-exited:
-			return err
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-			return errors.New("killed: still running 10s after SIGINT")
-		}
-	}
-	p := &prometheusServer{base: "http://" + addr,
-		client: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if code, _, err := p.fetch("/-/ready"); err == nil && code == http.StatusOK {
-			break
-		}
-		select {
-		case err := <-exited:
-			return nil, fmt.Errorf("prometheus exited before ready: %v\n%s", err, logs.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return nil, fmt.Errorf("prometheus not ready after 30s\n%s", logs.String())
-		}
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("stopping prometheus: %v\n%s", err, logs.String())
-		} else if t.Failed() {
-			t.Logf("prometheus log:\n%s", logs.String())
-		}
-	})
-	return p, nil
-}
-
-func (p *prometheusServer) fetch(path string) (int, []byte, error) {
-	resp, err := p.client.Get(p.base + path)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
-}
-
-// get decodes the data of a successful API response into v.
-func (p *prometheusServer) get(t *testing.T, path string, v any) {
-	t.Helper()
-	if err := p.api(path, v); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (p *prometheusServer) api(path string, v any) error {
-	code, b, err := p.fetch(path)
-	if err != nil {
-		return err
-	}
-	var env struct {
-		Status, Error string
-		Data          json.RawMessage
-	}
-	if err := json.Unmarshal(b, &env); err != nil || env.Status != "success" {
-		return fmt.Errorf("GET %s: HTTP %d %s %v", path, code, b, err)
-	}
-	return json.Unmarshal(env.Data, v)
-}
-
-// waitFor runs the instant query q until it returns exactly one series
-// with value want, for at most 30 seconds.
-func (p *prometheusServer) waitFor(t *testing.T, q, want string) {
-	t.Helper()
-	var last string
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		var res struct {
-			Result []struct{ Value [2]any }
-		}
-		switch err := p.api("/api/v1/query?"+url.Values{"query": {q}}.Encode(), &res); {
-		case err != nil:
-			last = err.Error()
-		case len(res.Result) != 1:
-			last = fmt.Sprintf("%d series", len(res.Result))
-		default:
-			if last = fmt.Sprint(res.Result[0].Value[1]); last == want {
-				return
-			}
-		}
-	}
-	t.Fatalf("query %s: want %s, last got %s", q, want, last)
-}
-
-// syncBuffer collects a child's output written from exec's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
