@@ -13,12 +13,11 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"runtime"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/relay46/relay46/internal/leaktest"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -27,38 +26,7 @@ import (
 	"github.com/relay46/relay46/proxy/proxyproto"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leaked := leakedGoroutines(3 * time.Second); leaked != "" {
-			fmt.Fprintf(os.Stderr, "goroutines leaked by the proxy:\n%s\n", leaked)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// leakedGoroutines waits up to d for every goroutine running proxy code
-// (other than tests themselves) to end, and returns the stacks of those
-// that did not.
-func leakedGoroutines(d time.Duration) string {
-	deadline := time.Now().Add(d)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		var leaked []string
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "relay46/proxy.") && !strings.Contains(g, "testing.") &&
-				!strings.Contains(g, "leakedGoroutines") {
-				leaked = append(leaked, g)
-			}
-		}
-		if len(leaked) == 0 || time.Now().After(deadline) {
-			return strings.Join(leaked, "\n\n")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+func TestMain(m *testing.M) { leaktest.Main(m, "relay46/proxy.", "the proxy") }
 
 // testCert makes a self-signed ECDSA certificate for names.
 func testCert(t testing.TB, names ...string) (tls.Certificate, *x509.CertPool) {
