@@ -201,7 +201,17 @@ routes:
 	if code, body := get(t, adminURL+"/readyz"); code != 200 {
 		t.Errorf("readyz %d %s", code, body)
 	}
-	if code, body := get(t, adminURL+"/metrics"); code != 200 || !strings.Contains(body, `relay46_connections_finished_total{listener="http",mode="passthrough",outcome="ok",route="a"} 1`) {
+	// A connection is counted when the relay finishes it, which may be a
+	// moment after the client has read its answer.
+	want := `relay46_connections_finished_total{listener="http",mode="passthrough",outcome="ok",route="a"} 1`
+	var code int
+	var body string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if code, body = get(t, adminURL+"/metrics"); code == 200 && strings.Contains(body, want) {
+			break
+		}
+	}
+	if code != 200 || !strings.Contains(body, want) {
 		t.Errorf("metrics %d:\n%s", code, body)
 	}
 
