@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 	"testing"
@@ -67,6 +68,25 @@ func TestNoAllocs(t *testing.T) {
 				}
 				if len(buf) == 0 {
 					t.Errorf("no header")
+				}
+			})
+			t.Run(fmt.Sprintf("withHeader/v%d/%s", v, network), func(t *testing.T) {
+				hello := clientHello(t, "misskey.example.com")
+				p := newPeeker()
+				if _, _, err := p.peek(bytes.NewReader(hello)); err != nil {
+					t.Fatal(err)
+				}
+				var first []byte
+				// What passthrough does between the peek and the first write.
+				if n := testing.AllocsPerRun(100, func() {
+					var hdr [headerRoom]byte
+					first = p.rec.withHeader(appendProxyHeader(hdr[:0], v, c))
+				}); n != 0 {
+					t.Errorf("%v allocations, want 0", n)
+				}
+				want := append(appendProxyHeader(nil, v, c), hello...)
+				if !bytes.Equal(first, want) {
+					t.Errorf("first write = %q, want header and hello %q", first, want)
 				}
 			})
 		}

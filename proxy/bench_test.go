@@ -140,6 +140,24 @@ var lookupCases = []struct {
 	{"miss", "a.b.misskey.example.com", false},
 }
 
+// BenchmarkPeekHelloPooled peeks as the relay does: with a peeker from
+// the Server's pool, returned after each connection's hello is sent.
+func BenchmarkPeekHelloPooled(b *testing.B) {
+	var s Server
+	hello := clientHello(b, "misskey.example.com")
+	r := &pieceReader{}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(hello)))
+	for b.Loop() {
+		*r = pieceReader{data: hello, n: len(hello)}
+		p := s.getPeeker()
+		if _, _, err := p.peek(r); err != nil {
+			b.Fatal(err)
+		}
+		s.putPeeker(p)
+	}
+}
+
 func BenchmarkLookup(b *testing.B) {
 	r := startRelay(b, passthroughConfig("[::1]:443", ""))
 	t := r.srv.table.Load()
