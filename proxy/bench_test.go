@@ -127,13 +127,86 @@ func BenchmarkPeekHello(b *testing.B) {
 	}
 }
 
+// lookupCases are the route lookups the benchmark and the allocation
+// test share: the hit kinds a busy relay sees and a miss.
+var lookupCases = []struct {
+	name, host string
+	hit        bool
+}{
+	{"exact", "misskey.example.com", true},
+	{"exact_upper", "MissKey.Example.COM.", true},
+	{"wildcard", "a.misskey.example.com", true},
+	{"wildcard_upper", "A.misskey.example.com", true},
+	{"miss", "a.b.misskey.example.com", false},
+}
+
+// BenchmarkPeekHelloPooled peeks as the relay does: with a peeker from
+// the Server's pool, returned after each connection's hello is sent.
+func BenchmarkPeekHelloPooled(b *testing.B) {
+	var s Server
+	hello := clientHello(b, "misskey.example.com")
+	r := &pieceReader{}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(hello)))
+	for b.Loop() {
+		*r = pieceReader{data: hello, n: len(hello)}
+		p := s.getPeeker()
+		if _, _, err := p.peek(r); err != nil {
+			b.Fatal(err)
+		}
+		s.putPeeker(p)
+	}
+}
+
 func BenchmarkLookup(b *testing.B) {
 	r := startRelay(b, passthroughConfig("[::1]:443", ""))
 	t := r.srv.table.Load()
-	b.ReportAllocs()
-	for b.Loop() {
-		if t.lookup("A.misskey.example.com") == nil {
-			b.Fatal("no route")
+	for _, tc := range lookupCases {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if (t.lookup(tc.host) != nil) != tc.hit {
+					b.Fatal("wrong answer")
+				}
+			}
+		})
+	}
+}
+
+// proxyHeaderConns returns both ends of a loopback TCP connection over
+// network ("tcp4" or "tcp6"): the relay's side (accepted) first.
+func proxyHeaderConns(tb testing.TB, network string) (server, client net.Conn) {
+	tb.Helper()
+	addr := map[string]string{"tcp4": "127.0.0.1:0", "tcp6": "[::1]:0"}[network]
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		tb.Skip(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial(network, ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { server.Close() })
+	return server, client
+}
+
+func BenchmarkAppendProxyHeader(b *testing.B) {
+	for _, network := range []string{"tcp4", "tcp6"} {
+		c, _ := proxyHeaderConns(b, network)
+		for _, v := range []int{1, 2} {
+			b.Run(fmt.Sprintf("v%d/%s", v, network), func(b *testing.B) {
+				buf := make([]byte, 0, 128)
+				b.ReportAllocs()
+				for b.Loop() {
+					buf = appendProxyHeader(buf[:0], v, c)
+				}
+			})
 		}
 	}
 }

@@ -38,30 +38,86 @@ type Hello struct {
 // crypto/tls parses. It returns every byte it read, to be replayed to
 // whoever handles the connection next. The caller sets the read deadline.
 func PeekHello(r io.Reader) (Hello, []byte, error) {
-	rec := &recordingReader{r: r, buf: make([]byte, 0, 2048)}
+	return newPeeker().peek(r)
+}
+
+// peeker is what one ClientHello peek needs, allocated as one: the buffer
+// that records the hello and the crypto/tls config whose
+// GetConfigForClient captures it. The relay reuses peekers across
+// connections (Server.peekers), so a routed connection costs only what
+// crypto/tls allocates itself.
+type peeker struct {
+	rec      recordingReader
+	cfg      tls.Config // GetConfigForClient is capture, bound once in newPeeker
+	hello    Hello
+	captured bool
+}
+
+func newPeeker() *peeker {
+	p := &peeker{rec: recordingReader{buf: make([]byte, headerRoom, headerRoom+2048)}}
+	// A method value bound once, rather than a closure (and the variables
+	// it captures) made for every peek.
+	p.cfg.GetConfigForClient = p.capture
+	return p
+}
+
+func (p *peeker) capture(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+	// crypto/tls copies the name and protocols out of the record, so the
+	// hello does not alias the recorded bytes and outlives the peeker.
+	p.hello = Hello{ServerName: strings.ToLower(chi.ServerName), ALPN: chi.SupportedProtos}
+	p.captured = true
+	return nil, errHelloCaptured
+}
+
+// peek is PeekHello. The returned bytes belong to p: they are overwritten
+// once p is reset.
+func (p *peeker) peek(r io.Reader) (Hello, []byte, error) {
+	rec := &p.rec
+	rec.r = r
 	// The first byte tells TLS (a handshake record) from everything else,
 	// before crypto/tls would answer plain HTTP with an HTTP 400.
 	if err := rec.fill(1); err != nil {
-		return Hello{}, rec.buf, classify(err)
+		return Hello{}, rec.bytes(), classify(err)
 	}
-	if rec.buf[0] != 0x16 {
-		return Hello{}, rec.buf, ErrNotTLS
+	if rec.bytes()[0] != 0x16 {
+		return Hello{}, rec.bytes(), ErrNotTLS
 	}
-	var hello Hello
-	var captured bool
-	cfg := &tls.Config{
-		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
-			hello.ServerName = strings.ToLower(chi.ServerName)
-			hello.ALPN = chi.SupportedProtos
-			captured = true
-			return nil, errHelloCaptured
-		},
+	// crypto/tls only reads p.cfg: GetConfigForClient fails the handshake
+	// before anything (session ticket keys) would be stored in it, so the
+	// config serves peek after peek.
+	err := tls.Server(readOnlyConn{rec}, &p.cfg).Handshake()
+	if p.captured {
+		return p.hello, rec.bytes(), nil
 	}
-	err := tls.Server(readOnlyConn{rec}, cfg).Handshake()
-	if captured {
-		return hello, rec.buf, nil
+	return Hello{}, rec.bytes(), classify(err)
+}
+
+// reset readies p for another connection.
+func (p *peeker) reset() {
+	p.rec.r, p.rec.off, p.rec.buf = nil, 0, p.rec.buf[:headerRoom]
+	p.hello, p.captured = Hello{}, false
+}
+
+// maxPooledHello is the largest recording buffer a pooled peeker keeps:
+// room for any real ClientHello, while the rare peeker grown towards
+// MaxHelloBytes (a flood of oversized hellos) is left to the collector.
+const maxPooledHello = 4 << 10
+
+func (s *Server) getPeeker() *peeker {
+	if p, ok := s.peekers.Get().(*peeker); ok {
+		return p
 	}
-	return Hello{}, rec.buf, classify(err)
+	return newPeeker()
+}
+
+// putPeeker returns p for reuse. Nothing may use the bytes p recorded
+// afterwards.
+func (s *Server) putPeeker(p *peeker) {
+	if cap(p.rec.buf) > headerRoom+maxPooledHello {
+		return
+	}
+	p.reset()
+	s.peekers.Put(p)
 }
 
 var errHelloCaptured = errors.New("hello captured")
@@ -81,24 +137,33 @@ func classify(err error) error {
 	return errors.Join(ErrHelloInvalid, err)
 }
 
+// headerRoom is kept free in front of the recorded bytes for the longest
+// PROXY header: 107 bytes for v1 (the spec's section 2.1); v2 without
+// TLVs takes 52. Passthrough sends header and hello in one write without
+// copying the hello (withHeader).
+const headerRoom = 107
+
 // recordingReader keeps every byte read, up to MaxHelloBytes.
 type recordingReader struct {
 	r   io.Reader
-	buf []byte
-	off int // bytes already handed to crypto/tls
+	buf []byte // buf[:headerRoom] is kept free; buf[headerRoom:] holds the bytes read
+	off int    // bytes already handed to crypto/tls
 }
 
+// bytes returns the bytes read so far.
+func (rr *recordingReader) bytes() []byte { return rr.buf[headerRoom:] }
+
 func (rr *recordingReader) fill(n int) error {
-	for len(rr.buf) < n {
-		if len(rr.buf) >= MaxHelloBytes {
+	for len(rr.bytes()) < n {
+		if len(rr.bytes()) >= MaxHelloBytes {
 			return ErrHelloTooLarge
 		}
 		if cap(rr.buf)-len(rr.buf) < 512 {
-			rr.buf = slices.Grow(rr.buf, min(cap(rr.buf), MaxHelloBytes-len(rr.buf)))
+			rr.buf = slices.Grow(rr.buf, min(cap(rr.buf), MaxHelloBytes-len(rr.bytes())))
 		}
-		m, err := rr.r.Read(rr.buf[len(rr.buf):min(cap(rr.buf), MaxHelloBytes)])
+		m, err := rr.r.Read(rr.buf[len(rr.buf):min(cap(rr.buf), headerRoom+MaxHelloBytes)])
 		rr.buf = rr.buf[:len(rr.buf)+m]
-		if err != nil && len(rr.buf) < n {
+		if err != nil && len(rr.bytes()) < n {
 			return err
 		}
 	}
@@ -106,14 +171,28 @@ func (rr *recordingReader) fill(n int) error {
 }
 
 func (rr *recordingReader) Read(p []byte) (int, error) {
-	if rr.off == len(rr.buf) {
-		if err := rr.fill(len(rr.buf) + 1); err != nil {
+	if rr.off == len(rr.bytes()) {
+		if err := rr.fill(rr.off + 1); err != nil {
 			return 0, err
 		}
 	}
-	n := copy(p, rr.buf[rr.off:])
+	n := copy(p, rr.bytes()[rr.off:])
 	rr.off += n
 	return n, nil
+}
+
+// withHeader returns hdr followed by the bytes read, as one slice for one
+// write. hdr is copied into the room in front of the bytes read, which
+// stay where they are; the result shares rr's buffer.
+func (rr *recordingReader) withHeader(hdr []byte) []byte {
+	if len(hdr) > headerRoom {
+		// Not reached with the headers the relay sends. A fresh slice,
+		// never hdr itself, so hdr can live on the caller's stack.
+		return append(append(make([]byte, 0, len(hdr)+len(rr.bytes())), hdr...), rr.bytes()...)
+	}
+	start := headerRoom - len(hdr)
+	copy(rr.buf[start:], hdr)
+	return rr.buf[start:]
 }
 
 // readOnlyConn lets crypto/tls read a ClientHello and swallows anything it

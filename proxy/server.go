@@ -68,6 +68,7 @@ type Server struct {
 	viaOnce    sync.Once
 	via        string // this process in Via headers (loop.go)
 	lim        limiter
+	peekers    sync.Pool // *peeker, reused across :443 connections (peek.go)
 
 	table     atomic.Pointer[table]
 	upstreams upstreamRegistry // route upstream sets, kept across reloads (table.go)

@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/relay46/relay46/config"
 	"github.com/relay46/relay46/upstream"
@@ -116,20 +118,47 @@ func (s *Server) closeUpstreams() {
 
 // lookup finds the route for a host name as a client sent it in SNI or
 // Host: any case, with or without a trailing dot. Wildcards match exactly
-// one label.
+// one label. It runs for every connection, so it does not allocate: the
+// parent of a wildcard is a substring of host, and an ASCII host with
+// capitals is folded into a stack buffer, which map indexing by
+// string(b) reads without a copy.
 func (t *table) lookup(host string) *route {
 	host = strings.TrimSuffix(host, ".")
-	if hasUpper(host) {
-		host = strings.ToLower(host)
+	if !hasUpper(host) {
+		if r, ok := t.exact[host]; ok {
+			return r
+		}
+		if _, parent, ok := strings.Cut(host, "."); ok && parent != "" {
+			return t.wild[parent]
+		}
+		return nil
 	}
-	if r, ok := t.exact[host]; ok {
+	var buf [maxHostLen]byte
+	if len(host) > len(buf) || !isASCII(host) {
+		// Too long to be a DNS name, or a Host header in Unicode: rare,
+		// and strings.ToLower folds non-ASCII capitals too.
+		return t.lookup(strings.ToLower(host))
+	}
+	b := buf[:len(host)]
+	for i := range len(host) {
+		c := host[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b[i] = c
+	}
+	if r, ok := t.exact[string(b)]; ok {
 		return r
 	}
-	if _, parent, ok := strings.Cut(host, "."); ok && parent != "" {
-		return t.wild[parent]
+	if i := bytes.IndexByte(b, '.'); i >= 0 && i+1 < len(b) {
+		return t.wild[string(b[i+1:])]
 	}
 	return nil
 }
+
+// maxHostLen is the longest DNS name in text form, without the root dot
+// (RFC 1035 §3.1: 255 octets on the wire).
+const maxHostLen = 253
 
 func hasUpper(s string) bool {
 	for i := 0; i < len(s); i++ {
@@ -138,6 +167,15 @@ func hasUpper(s string) bool {
 		}
 	}
 	return false
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 // routes returns every distinct route in the table.

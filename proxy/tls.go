@@ -16,9 +16,35 @@ func (s *Server) handleTLS(c net.Conn, t *table) {
 	l := &connLog{listener: HTTPS, client: addrPort(c.RemoteAddr()), start: time.Now()}
 	defer s.finish(l)
 
+	r, p := s.routeHello(c, t, l)
+	if r == nil {
+		return
+	}
+	defer r.release()
+	if r.cfg.Mode == config.Terminate {
+		// The terminator replays the peeked bytes from its own
+		// goroutines: p is not reused, its buffer goes with the
+		// connection. A full TLS handshake dwarfs the allocation.
+		s.terminate(c, p.rec.bytes(), r, l)
+		return
+	}
+	s.passthrough(c, p, r, l)
+}
+
+// routeHello peeks the ClientHello and finds, and admits the connection
+// to, its route. When it returns no route, c has been answered and closed;
+// otherwise the caller owns p, which holds the peeked bytes, and the
+// route's slot (release).
+func (s *Server) routeHello(c net.Conn, t *table, l *connLog) (r *route, p *peeker) {
+	held := s.getPeeker()
+	defer func() {
+		if r == nil {
+			s.putPeeker(held)
+		}
+	}()
 	c.SetReadDeadline(time.Now().Add(t.cfg.Timeouts.Hello))
 	handshakeDone := s.lim.handshaking()
-	hello, peeked, err := PeekHello(c)
+	hello, peeked, err := held.peek(c)
 	handshakeDone()
 	c.SetReadDeadline(time.Time{})
 	l.fromClient = int64(len(peeked))
@@ -26,10 +52,10 @@ func (s *Server) handleTLS(c net.Conn, t *table) {
 		l.outcome, l.err = peekOutcome(err), err
 		s.Metrics.PeekFailed(string(HTTPS), metricReason(err))
 		c.Close()
-		return
+		return nil, nil
 	}
 	l.sni = hello.ServerName
-	r := t.lookup(hello.ServerName)
+	r = t.lookup(hello.ServerName)
 	if r == nil {
 		s.Metrics.UnknownHost(string(HTTPS))
 		if r = t.unknownSNI; r == nil {
@@ -37,7 +63,7 @@ func (s *Server) handleTLS(c net.Conn, t *table) {
 			c.SetWriteDeadline(time.Now().Add(time.Second))
 			c.Write(alertUnrecognizedName)
 			c.Close()
-			return
+			return nil, nil
 		}
 	}
 	l.route, l.mode = r, string(r.cfg.Mode)
@@ -45,31 +71,30 @@ func (s *Server) handleTLS(c net.Conn, t *table) {
 		l.outcome = outcomeRouteLimit
 		s.Metrics.Refused(string(HTTPS), metrics.RefusedRouteLimit)
 		c.Close()
-		return
+		return nil, nil
 	}
-	defer r.release()
-	if r.cfg.Mode == config.Terminate {
-		s.terminate(c, peeked, r, l)
-		return
-	}
-	s.passthrough(c, peeked, r, l)
+	return r, held
 }
 
 // passthrough dials the route's origin, sends the PROXY header and the
-// peeked ClientHello, then relays bytes untouched in both directions.
-func (s *Server) passthrough(c net.Conn, peeked []byte, r *route, l *connLog) {
+// peeked ClientHello, then relays bytes untouched in both directions. It
+// returns p to the pool as soon as the hello is sent, not when the
+// connection ends, so idle connections do not each hold a buffer.
+func (s *Server) passthrough(c net.Conn, p *peeker, r *route, l *connLog) {
 	up, addr, err := s.dialUpstream(context.Background(), r, r.tls)
 	l.upstream = addr
 	if err != nil {
+		s.putPeeker(p)
 		l.outcome, l.err = outcomeDialFailed, err
 		c.Close()
 		return
 	}
-	first := make([]byte, 0, 64+len(peeked))
-	first = appendProxyHeader(first, r.proxyVer, c)
-	first = append(first, peeked...)
+	var hdr [headerRoom]byte
+	first := p.rec.withHeader(appendProxyHeader(hdr[:0], r.proxyVer, c))
 	up.SetWriteDeadline(time.Now().Add(r.timeouts.Dial))
-	if _, err := up.Write(first); err != nil {
+	_, err = up.Write(first)
+	s.putPeeker(p)
+	if err != nil {
 		l.outcome, l.err = outcomeDialFailed, err
 		up.Close()
 		c.Close()

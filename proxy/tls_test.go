@@ -285,3 +285,33 @@ func TestPeekHelloReturnsEveryByte(t *testing.T) {
 		t.Errorf("peeked bytes are not the hello as sent")
 	}
 }
+
+// TestPeekerReuse peeks one connection after another with the same pooled
+// peekers, as the relay does: nothing of an earlier hello (its name, its
+// bytes, a buffer it grew) may show in a later one.
+func TestPeekerReuse(t *testing.T) {
+	var s Server
+	long := strings.Repeat("a", 60) + "." + strings.Repeat("b", 60) + ".example"
+	for i, tc := range []struct {
+		in  []byte
+		sni string
+		err error
+	}{
+		{clientHello(t, "misskey.example.com"), "misskey.example.com", nil},
+		{[]byte("GET / HTTP/1.1\r\n\r\n"), "", ErrNotTLS},
+		{clientHello(t, long), long, nil},
+		{clientHello(t, ""), "", nil},
+		{clientHello(t, "a.example")[:100], "", ErrHelloEOF},
+		{clientHello(t, "b.example"), "b.example", nil},
+	} {
+		p := s.getPeeker()
+		h, peeked, err := p.peek(&pieceReader{data: tc.in, n: 300})
+		if !errors.Is(err, tc.err) || h.ServerName != tc.sni {
+			t.Errorf("%d: peek = %q, %v; want %q, %v", i, h.ServerName, err, tc.sni, tc.err)
+		}
+		if !bytes.Equal(peeked, tc.in) {
+			t.Errorf("%d: peeked %d bytes, not the %d sent", i, len(peeked), len(tc.in))
+		}
+		s.putPeeker(p)
+	}
+}
