@@ -19,6 +19,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -75,7 +76,8 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
+	conns     map[net.Conn]io.Closer // what Shutdown closes; nil: the conn
+	park      parker                 // quiet passthrough relays (park_linux.go)
 	closed    bool
 	wg        sync.WaitGroup // one per live connection
 }
@@ -152,28 +154,35 @@ func (s *Server) Serve(ln net.Listener, p Protocol) error {
 			c.Close()
 			continue
 		}
-		go func() {
-			defer release()
-			s.handle(c, p)
-		}()
+		go s.handle(c, p, release)
 	}
 }
 
-func (s *Server) handle(c net.Conn, p Protocol) {
-	defer s.doneConn(c)
+// handle serves one accepted connection. Its bookkeeping (the live
+// connection count, the per-source slot release gives back) ends when the
+// handler returns, or, for a relay that outlives its handler's goroutine
+// (a parked passthrough), when that relay finishes.
+func (s *Server) handle(c net.Conn, p Protocol, release func()) {
+	end := func() {
+		s.doneConn(c)
+		release()
+	}
 	s.Metrics.ConnStarted(string(p))
 	t := s.table.Load()
 	if t == nil {
 		c.Close()
+		end()
 		return
 	}
 	switch p {
 	case HTTPS:
-		s.handleTLS(c, t)
+		s.handleTLS(c, t, end)
 	case HTTP:
 		s.handleHTTP(c, t)
+		end()
 	default:
 		c.Close()
+		end()
 	}
 }
 
@@ -320,11 +329,20 @@ func (s *Server) addConn(c net.Conn) bool {
 		return false
 	}
 	if s.conns == nil {
-		s.conns = map[net.Conn]struct{}{}
+		s.conns = map[net.Conn]io.Closer{}
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = nil
 	s.wg.Add(1)
 	return true
+}
+
+// closeWith makes Shutdown close c by closing closer, which owns it.
+func (s *Server) closeWith(c net.Conn, closer io.Closer) {
+	s.mu.Lock()
+	if _, ok := s.conns[c]; ok {
+		s.conns[c] = closer
+	}
+	s.mu.Unlock()
 }
 
 func (s *Server) doneConn(c net.Conn) {
@@ -360,8 +378,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	n := len(s.conns)
-	for c := range s.conns {
-		c.Close()
+	for c, closer := range s.conns {
+		if closer != nil {
+			closer.Close()
+		} else {
+			c.Close()
+		}
 	}
 	s.mu.Unlock()
 	s.logger().Info("grace period over; closed open connections", zap.Int("connections", n))

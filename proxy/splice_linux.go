@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,56 +34,95 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 // queue empty — a FIN that came with the data is only reported by the
 // next read — so every burst ends with the read that hears EAGAIN.
 func copyBursts(dst, src *net.TCPConn) (int64, error) {
-	raw, err := src.SyscallConn()
+	b, err := newBurster(dst, src, nil)
 	if err != nil {
 		return io.Copy(dst, src)
 	}
-	var (
-		total   int64
-		ioErr   error // from read(2) or from writing to dst
-		eof     bool
-		bulk    bool // a read filled the buffer: splice the rest
-	)
-	copySmall := func(fd uintptr) bool {
-		for {
-			buf := copyBufs.Get().(*[]byte)
-			n, err := readFD(int(fd), *buf)
-			if err == unix.EAGAIN {
-				copyBufs.Put(buf) // not held while waiting
-				return false
-			}
-			if err != nil || n == 0 {
-				copyBufs.Put(buf)
-				ioErr, eof = readError(src, err), err == nil
-				return true
-			}
-			m, err := dst.Write((*buf)[:n])
-			copyBufs.Put(buf)
-			total += int64(m)
-			if err != nil {
-				ioErr = err
-				return true
-			}
-			if n == copyBufSize {
-				bulk = true
-				return true
-			}
+	for {
+		if err := b.read(); err != nil {
+			return b.total, err
+		}
+		if err := b.result(); err != nil || b.eof {
+			return b.total, err
+		}
+	}
+}
+
+// burster is the state of one direction of copyBursts, kept between calls
+// so that a parked direction (park_linux.go) can pick up where it left.
+type burster struct {
+	dst, src *net.TCPConn
+	raw      syscall.RawConn
+	total    int64
+	ioErr    error // from read(2) or from writing to dst
+	eof      bool
+	bulk     bool  // a read filled the buffer: splice the rest
+	h        *half // nil unless the direction can be parked
+	waiting  bool  // the callback last returned to wait
+	cb       func(uintptr) bool
+}
+
+func newBurster(dst, src *net.TCPConn, h *half) (*burster, error) {
+	raw, err := src.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	b := &burster{dst: dst, src: src, raw: raw, h: h}
+	b.cb = b.copySmall
+	return b, nil
+}
+
+// read copies small bursts until EOF, an error, a bulk burst or an error
+// of the wait itself (closed, deadline), which it returns.
+func (b *burster) read() error {
+	b.bulk = false
+	return b.raw.Read(b.cb)
+}
+
+// result finishes what read started: it splices a bulk burst, and returns
+// the copy's error, if any.
+func (b *burster) result() error {
+	if b.ioErr == nil && b.bulk {
+		n, err := spliceQueued(b.dst, b.src, b.raw)
+		b.total += n
+		b.ioErr = err
+	}
+	return b.ioErr
+}
+
+func (b *burster) copySmall(fd uintptr) bool {
+	if b.waiting {
+		b.waiting = false
+		if b.h != nil {
+			b.h.awake()
 		}
 	}
 	for {
-		bulk = false
-		if err := raw.Read(copySmall); err != nil {
-			return total, err
-		}
-		if ioErr != nil || eof {
-			return total, ioErr
-		}
-		if bulk {
-			n, err := spliceQueued(dst, src, raw)
-			total += n
-			if err != nil {
-				return total, err
+		buf := copyBufs.Get().(*[]byte)
+		n, err := readFD(int(fd), *buf)
+		if err == unix.EAGAIN {
+			copyBufs.Put(buf) // not held while waiting
+			b.waiting = true
+			if b.h != nil {
+				b.h.asleep()
 			}
+			return false
+		}
+		if err != nil || n == 0 {
+			copyBufs.Put(buf)
+			b.ioErr, b.eof = readError(b.src, err), err == nil
+			return true
+		}
+		m, err := b.dst.Write((*buf)[:n])
+		copyBufs.Put(buf)
+		b.total += int64(m)
+		if err != nil {
+			b.ioErr = err
+			return true
+		}
+		if n == copyBufSize {
+			b.bulk = true
+			return true
 		}
 	}
 }

@@ -12,23 +12,30 @@ import (
 )
 
 // handleTLS routes one :443 connection by the SNI of its ClientHello.
-func (s *Server) handleTLS(c net.Conn, t *table) {
+// end is called once the connection is finished with, possibly after
+// handleTLS has returned (a parked relay).
+func (s *Server) handleTLS(c net.Conn, t *table, end func()) {
 	l := &connLog{listener: HTTPS, client: addrPort(c.RemoteAddr()), start: time.Now()}
-	defer s.finish(l)
-
 	r, p := s.routeHello(c, t, l)
 	if r == nil {
+		s.finish(l)
+		end()
 		return
 	}
-	defer r.release()
+	done := func() {
+		r.release()
+		s.finish(l)
+		end()
+	}
 	if r.cfg.Mode == config.Terminate {
 		// The terminator replays the peeked bytes from its own
 		// goroutines: p is not reused, its buffer goes with the
 		// connection. A full TLS handshake dwarfs the allocation.
 		s.terminate(c, p.rec.bytes(), r, l)
+		done()
 		return
 	}
-	s.passthrough(c, p, r, l)
+	s.passthrough(c, p, r, l, done)
 }
 
 // routeHello peeks the ClientHello and finds, and admits the connection
@@ -79,14 +86,17 @@ func (s *Server) routeHello(c net.Conn, t *table, l *connLog) (r *route, p *peek
 // passthrough dials the route's origin, sends the PROXY header and the
 // peeked ClientHello, then relays bytes untouched in both directions. It
 // returns p to the pool as soon as the hello is sent, not when the
-// connection ends, so idle connections do not each hold a buffer.
-func (s *Server) passthrough(c net.Conn, p *peeker, r *route, l *connLog) {
+// connection ends, so idle connections do not each hold a buffer. It calls
+// done when the connection has ended, which for a parked relay is after
+// passthrough has returned.
+func (s *Server) passthrough(c net.Conn, p *peeker, r *route, l *connLog, done func()) {
 	up, addr, err := s.dialUpstream(context.Background(), r, r.tls)
 	l.upstream = addr
 	if err != nil {
 		s.putPeeker(p)
 		l.outcome, l.err = outcomeDialFailed, err
 		c.Close()
+		done()
 		return
 	}
 	var hdr [headerRoom]byte
@@ -98,13 +108,23 @@ func (s *Server) passthrough(c net.Conn, p *peeker, r *route, l *connLog) {
 		l.outcome, l.err = outcomeDialFailed, err
 		up.Close()
 		c.Close()
+		done()
 		return
 	}
 	up.SetWriteDeadline(time.Time{})
-	res := relay(c, up, rawCopier(c), r.timeouts.Idle)
-	l.fromClient += res.fromClient
-	l.toClient = res.toClient
-	l.outcome, l.err = relayOutcome(res), res.err
+	finished := func(res relayResult) {
+		l.fromClient += res.fromClient
+		l.toClient = res.toClient
+		l.outcome, l.err = relayOutcome(res), res.err
+		done()
+	}
+	if ct, ok := c.(*net.TCPConn); ok {
+		if pr, ok := s.park.startParked(ct, up, r.timeouts.Idle, finished); ok {
+			s.closeWith(c, pr)
+			return
+		}
+	}
+	finished(relay(c, up, rawCopier(c), r.timeouts.Idle))
 }
 
 // appendProxyHeader appends the PROXY header for version v (0: none)

@@ -497,7 +497,8 @@ func (b *bench) timed(ctx context.Context, k **conn, addr string) (float64, erro
 // of C and Go programs alike and would hide the cost of new connections.
 // After a short warm-up, RSS is read, idleConns connections are opened
 // through the peer — each completes a handshake and one request, as a
-// browser's idle keep-alive connection has — and RSS is read again.
+// browser's idle keep-alive connection has — and RSS is read again once
+// they have sat idle for -idle-wait.
 func (b *bench) idle(ctx context.Context, rep int, tg target) error {
 	p, err := b.restart(ctx, tg.p)
 	if err != nil {
@@ -519,7 +520,10 @@ func (b *bench) idle(ctx context.Context, rep int, tg target) error {
 	if err != nil {
 		return err
 	}
-	time.Sleep(time.Second)
+	// Idle means idle for a while: an open WebSocket or a browser's
+	// keep-alive connection waits seconds to minutes. A few seconds let a
+	// peer that parks quiet connections (relay46 does, after 1-2 s) do so.
+	time.Sleep(b.opts.idleWait)
 	after, fdsAfter := p.rss(), p.fds()
 	port := 0
 	if _, ps, err := net.SplitHostPort(tg.addr); err == nil {

@@ -59,6 +59,7 @@ type options struct {
 	bulkRuns  int           // 100 MB downloads per peer per repetition
 	latReqs   int           // sequential requests timed for latency
 	idleConns int           // idle connections for the memory test (0: as many as the fd limit allows, at most 10,000)
+	idleWait  time.Duration // how long the idle connections sit before memory is read
 	tests     string        // comma-separated subset of the tests, "" for all
 	render    string        // re-render this latest.json instead of measuring
 }
@@ -85,6 +86,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.bulkRuns, "bulk-runs", 3, "bulk downloads per peer per repetition")
 	fs.IntVar(&o.latReqs, "lat-reqs", 2000, "sequential requests timed for latency")
 	fs.IntVar(&o.idleConns, "idle-conns", 0, "idle connections for the memory test (0: 10,000 or what the fd limit allows)")
+	fs.DurationVar(&o.idleWait, "idle-wait", 3*time.Second, "how long the idle connections sit idle before memory is read")
 	fs.StringVar(&o.render, "render", "", "only rewrite latest.md in -out from this results JSON (after a change to the table)")
 	fs.StringVar(&o.tests, "tests", "", "run only these tests (comma-separated: keep-alive,new-conn,bulk,latency,idle)")
 	if err := fs.Parse(args); err != nil {
@@ -99,7 +101,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	case o.reps < 1 || o.reps > 50, o.dur <= 0 || o.dur > time.Minute,
 		o.kaConns < 1 || o.kaConns > 1000, o.ncWorkers < 1 || o.ncWorkers > 1000,
 		o.bulkRuns < 1 || o.bulkRuns > 20, o.latReqs < 10 || o.latReqs > 100000,
-		o.idleConns < 0 || o.idleConns > 10000:
+		o.idleConns < 0 || o.idleConns > 10000, o.idleWait < 0 || o.idleWait > time.Minute:
 		fmt.Fprintln(stderr, "relaybench: a flag is out of its bounded range (see -h)")
 		return o, errors.New("usage")
 	}
