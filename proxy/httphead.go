@@ -52,7 +52,7 @@ type reqHead struct {
 // rules are strict on purpose: any head two parsers could read
 // differently (bare LF, obs-fold, duplicate or conflicting lengths,
 // unknown transfer codings) is refused instead of forwarded.
-func readHead(br *bufio.Reader) (*reqHead, error) {
+func readHead(br lineReader) (*reqHead, error) {
 	h := &reqHead{contentLength: -1}
 	var line []byte
 	var err error
@@ -141,9 +141,17 @@ func readHead(br *bufio.Reader) (*reqHead, error) {
 	return h, nil
 }
 
+// lineReader is where readHead reads lines: a *bufio.Reader on the :80
+// relay, the bytes the guard has read on a terminated connection.
+type lineReader interface {
+	ReadSlice(delim byte) ([]byte, error)
+}
+
+var _ lineReader = (*bufio.Reader)(nil)
+
 // readLine appends the next CRLF-terminated line to raw and returns it
 // without the CRLF, refusing bare LF, bare CR and heads over MaxHeadBytes.
-func readLine(br *bufio.Reader, raw *[]byte) ([]byte, error) {
+func readLine(br lineReader, raw *[]byte) ([]byte, error) {
 	start := len(*raw)
 	for {
 		frag, err := br.ReadSlice('\n')
@@ -161,7 +169,12 @@ func readLine(br *bufio.Reader, raw *[]byte) ([]byte, error) {
 			return nil, err
 		}
 	}
-	line := (*raw)[start:]
+	return checkLine((*raw)[start:])
+}
+
+// checkLine returns a line ending in LF without its CRLF, refusing bare
+// LF and bare CR.
+func checkLine(line []byte) ([]byte, error) {
 	if len(line) < 2 || line[len(line)-2] != '\r' {
 		return nil, badHead(400, "line not terminated by CRLF")
 	}

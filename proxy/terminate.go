@@ -72,11 +72,12 @@ type terminator struct {
 	httpLn *chanListener
 	tlsSrv *http.Server
 	plain  *http.Server
+	bufs   *sync.Pool // the HTTP/1 guards' buffers, lent while a head is incomplete
 }
 
 func (s *Server) term() *terminator {
 	s.termOnce.Do(func() {
-		t := &terminator{tlsLn: newChanListener(), httpLn: newChanListener()}
+		t := &terminator{tlsLn: newChanListener(), httpLn: newChanListener(), bufs: newGuardBufPool()}
 		errLog := zap.NewStdLog(s.logger().Named("http"))
 		newSrv := func(h http.Handler) *http.Server {
 			srv := &http.Server{
@@ -148,11 +149,12 @@ func (s *Server) terminate(c net.Conn, peeked []byte, r *route, l *connLog) {
 		tlsConn.Close()
 		return
 	}
+	t := s.term()
 	var handed net.Conn = tlsConn
 	if tlsConn.ConnectionState().NegotiatedProtocol != "h2" {
-		handed = guardHTTP1(tlsConn, bufio.NewReaderSize(tlsConn, 4096))
+		handed = guardHTTP1(tlsConn, t.bufs)
 	}
-	if !s.term().tlsLn.hand(handed) {
+	if !t.tlsLn.hand(handed) {
 		l.outcome = outcomeShutdown
 		tlsConn.Close()
 		return
@@ -168,7 +170,8 @@ func (s *Server) terminateHTTP(c net.Conn, br *bufio.Reader, h *reqHead, r *rout
 	buffered, _ := br.Peek(br.Buffered())
 	replay := append(append([]byte(nil), h.raw...), buffered...)
 	tc := &trackedConn{Conn: newPrefixConn(c, replay), done: make(chan struct{})}
-	if !s.term().httpLn.hand(guardHTTP1(tc, bufio.NewReaderSize(tc, 4096))) {
+	t := s.term()
+	if !t.httpLn.hand(guardHTTP1(tc, t.bufs)) {
 		l.outcome = outcomeShutdown
 		c.Close()
 		return
@@ -204,49 +207,6 @@ func (c *trackedConn) Close() error {
 	return err
 }
 
-// guardedConn holds HTTP/1.x requests to the same strict rules as the :80
-// relay before Go's HTTP server sees them. Go's server is lenient where
-// a proxy must not be: it accepts bare LF line ends, obs-fold and
-// Content-Length beside Transfer-Encoding, each a way to make two parsers
-// disagree about where a request ends. A goroutine reads each request head
-// and body with readHead and copyBody and passes exactly the checked bytes
-// through a pipe; the first refused request gets its status, later ones
-// end the connection.
-type guardedConn struct {
-	net.Conn          // the client connection: writes, addresses, close
-	pipe     net.Conn // checked request bytes, with the server's read deadlines
-}
-
-func guardHTTP1(c net.Conn, br *bufio.Reader) *guardedConn {
-	inner, outer := net.Pipe()
-	go guardRequests(c, br, inner)
-	return &guardedConn{Conn: c, pipe: outer}
-}
-
-func guardRequests(c net.Conn, br *bufio.Reader, w net.Conn) {
-	defer w.Close()
-	for first := true; ; first = false {
-		h, err := readHead(br)
-		if err != nil {
-			var he *headError
-			if first && errors.As(err, &he) {
-				writeStatus(c, he.Status, he.Msg)
-			}
-			return
-		}
-		if _, err := w.Write(h.raw); err != nil {
-			return
-		}
-		if _, err := copyBody(w, br, h); err != nil {
-			return
-		}
-		if h.upgrade {
-			io.Copy(w, br)
-			return
-		}
-	}
-}
-
 type tlsStateKey struct{}
 
 // withTLSState keeps the TLS state of a guarded HTTP/1.x connection, which
@@ -259,22 +219,6 @@ func withTLSState(ctx context.Context, c net.Conn) context.Context {
 		}
 	}
 	return ctx
-}
-
-// Reads, and the deadlines Go's server sets on them (including the one it
-// uses to abort a background read at hijack), act on the pipe, never on
-// the guard's own reads from the network.
-func (g *guardedConn) Read(p []byte) (int, error)        { return g.pipe.Read(p) }
-func (g *guardedConn) SetReadDeadline(t time.Time) error { return g.pipe.SetReadDeadline(t) }
-
-func (g *guardedConn) SetDeadline(t time.Time) error {
-	g.pipe.SetReadDeadline(t)
-	return g.Conn.SetWriteDeadline(t)
-}
-
-func (g *guardedConn) Close() error {
-	g.pipe.Close()
-	return g.Conn.Close()
 }
 
 // chanListener is a net.Listener fed with connections the relay has
