@@ -151,15 +151,16 @@ func (s *Server) Serve(ln net.Listener, p Protocol) error {
 			c.Close()
 			continue
 		}
-		go func() {
-			defer release()
-			s.handle(c, p)
-		}()
+		go s.handle(c, p, release)
 	}
 }
 
-func (s *Server) handle(c net.Conn, p Protocol) {
-	defer s.doneConn(c)
+// handle serves one accepted connection; release ends its admission.
+func (s *Server) handle(c net.Conn, p Protocol, release func()) {
+	end := new(connEnd)
+	end.add(release)
+	end.add(func() { s.doneConn(c) })
+	defer end.run()
 	s.Metrics.ConnStarted(string(p))
 	t := s.table.Load()
 	if t == nil {
@@ -168,11 +169,44 @@ func (s *Server) handle(c net.Conn, p Protocol) {
 	}
 	switch p {
 	case HTTPS:
-		s.handleTLS(c, t)
+		s.handleTLS(c, t, end)
 	case HTTP:
-		s.handleHTTP(c, t)
+		s.handleHTTP(c, t, end)
 	default:
 		c.Close()
+	}
+}
+
+// connEnd is what must happen when a connection ends (its log line and
+// metrics, route and admission counts, shutdown tracking), run last added
+// first, like defers. A connection handed to the terminator ends when the
+// HTTP server closes it, long after its handler has returned: rather than
+// keep a goroutine per connection waiting for that, the handler hands
+// the connEnd to the connection's Close.
+type connEnd struct {
+	fns    []func()
+	handed bool
+}
+
+func (e *connEnd) add(f func()) { e.fns = append(e.fns, f) }
+
+// run runs the connEnd unless it was handed off.
+func (e *connEnd) run() {
+	if !e.handed {
+		e.runAll()
+	}
+}
+
+// handOff makes run do nothing and returns the function that ends the
+// connection instead, for exactly one caller to call once.
+func (e *connEnd) handOff() func() {
+	e.handed = true
+	return e.runAll
+}
+
+func (e *connEnd) runAll() {
+	for i := len(e.fns) - 1; i >= 0; i-- {
+		e.fns[i]()
 	}
 }
 

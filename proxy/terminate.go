@@ -122,15 +122,15 @@ func (s *Server) shutdownTerm(ctx context.Context) {
 }
 
 // terminate completes the TLS handshake for a terminated host and hands
-// the connection to the in-process HTTP server. It returns when the
-// connection has closed, so the connection is logged and counted whole.
-func (s *Server) terminate(c net.Conn, peeked []byte, r *route, l *connLog) {
+// the connection to the in-process HTTP server. The connection ends, and
+// is logged and counted whole, when that server closes it.
+func (s *Server) terminate(c net.Conn, peeked []byte, r *route, l *connLog, end *connEnd) {
 	if s.Certs == nil {
 		l.outcome, l.err = outcomeHandshake, errors.New("no certificate source configured")
 		c.Close()
 		return
 	}
-	tc := &trackedConn{Conn: newPrefixConn(c, peeked), done: make(chan struct{})}
+	tc := &trackedConn{Conn: newPrefixConn(c, peeked)}
 	tlsConn := tls.Server(tc, s.Certs.TLSConfig())
 	tlsConn.SetDeadline(time.Now().Add(r.timeouts.Hello))
 	handshakeDone := s.lim.handshaking()
@@ -154,39 +154,48 @@ func (s *Server) terminate(c net.Conn, peeked []byte, r *route, l *connLog) {
 	if tlsConn.ConnectionState().NegotiatedProtocol != "h2" {
 		handed = guardHTTP1(tlsConn, t.bufs)
 	}
+	tc.onClose = endTerminated(tc, l, end)
 	if !t.tlsLn.hand(handed) {
 		l.outcome = outcomeShutdown
 		tlsConn.Close()
-		return
 	}
-	<-tc.done
-	l.outcome = outcomeTerminated
-	l.fromClient, l.toClient = tc.in.Load(), tc.out.Load()
 }
 
 // terminateHTTP hands a :80 connection whose first request is for a
 // terminated host to the in-process plain HTTP server, replaying the head.
-func (s *Server) terminateHTTP(c net.Conn, br *bufio.Reader, h *reqHead, r *route, l *connLog) {
+func (s *Server) terminateHTTP(c net.Conn, br *bufio.Reader, h *reqHead, r *route, l *connLog, end *connEnd) {
 	buffered, _ := br.Peek(br.Buffered())
 	replay := append(append([]byte(nil), h.raw...), buffered...)
-	tc := &trackedConn{Conn: newPrefixConn(c, replay), done: make(chan struct{})}
+	tc := &trackedConn{Conn: newPrefixConn(c, replay)}
+	tc.onClose = endTerminated(tc, l, end)
 	t := s.term()
 	if !t.httpLn.hand(guardHTTP1(tc, t.bufs)) {
 		l.outcome = outcomeShutdown
-		c.Close()
-		return
+		tc.Close()
 	}
-	<-tc.done
-	l.outcome = outcomeTerminated
-	l.fromClient, l.toClient = tc.in.Load(), tc.out.Load()
 }
 
-// trackedConn counts bytes and reports when the HTTP server closes it.
+// endTerminated takes over end for a connection about to be handed to
+// the HTTP server and returns what its Close must run: record the
+// outcome, unless the hand-over was refused, then end the connection.
+func endTerminated(tc *trackedConn, l *connLog, end *connEnd) func() {
+	finish := end.handOff()
+	return func() {
+		if l.outcome == "" {
+			l.outcome = outcomeTerminated
+			l.fromClient, l.toClient = tc.in.Load(), tc.out.Load()
+		}
+		finish()
+	}
+}
+
+// trackedConn counts bytes and, once handed to the HTTP server, ends the
+// connection when the server closes it.
 type trackedConn struct {
 	net.Conn
 	in, out atomic.Int64
 	once    sync.Once
-	done    chan struct{}
+	onClose func() // nil until the connection is handed over
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
@@ -203,7 +212,9 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { close(c.done) })
+	if c.onClose != nil {
+		c.once.Do(c.onClose)
+	}
 	return err
 }
 

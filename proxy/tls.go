@@ -12,9 +12,9 @@ import (
 )
 
 // handleTLS routes one :443 connection by the SNI of its ClientHello.
-func (s *Server) handleTLS(c net.Conn, t *table) {
+func (s *Server) handleTLS(c net.Conn, t *table, end *connEnd) {
 	l := &connLog{listener: HTTPS, client: addrPort(c.RemoteAddr()), start: time.Now()}
-	defer s.finish(l)
+	end.add(func() { s.finish(l) })
 
 	c.SetReadDeadline(time.Now().Add(t.cfg.Timeouts.Hello))
 	handshakeDone := s.lim.handshaking()
@@ -47,9 +47,9 @@ func (s *Server) handleTLS(c net.Conn, t *table) {
 		c.Close()
 		return
 	}
-	defer r.release()
+	end.add(r.release)
 	if r.cfg.Mode == config.Terminate {
-		s.terminate(c, peeked, r, l)
+		s.terminate(c, peeked, r, l, end)
 		return
 	}
 	s.passthrough(c, peeked, r, l)
