@@ -290,7 +290,7 @@ func (g *guardedConn) step(data []byte) (int, error) {
 
 func (g *guardedConn) stepHead(data []byte) (int, error) {
 	g.lines.data = data
-	h, err := readHead(&g.lines)
+	h, err := parseHead(&g.lines, data[:0])
 	g.lines.data = nil
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return 0, nil
