@@ -68,6 +68,7 @@ type Server struct {
 	viaOnce    sync.Once
 	via        string // this process in Via headers (loop.go)
 	lim        limiter
+	copyBufs   bufferPool // ReverseProxy's copy buffers, shared by all terminated routes
 
 	table     atomic.Pointer[table]
 	upstreams upstreamRegistry // route upstream sets, kept across reloads (table.go)
