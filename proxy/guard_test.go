@@ -7,8 +7,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -102,13 +105,9 @@ func checkGuard(t *testing.T, stream []byte, seed uint64, timeouts bool) {
 	switch {
 	case status == 0 && wrote != "":
 		t.Fatalf("stream %.200q: wrote %q, want nothing", stream, wrote)
-	case status != 0 && !strings.HasPrefix(wrote, "HTTP/1.1 "+itoa(status)+" "):
+	case status != 0 && !strings.HasPrefix(wrote, "HTTP/1.1 "+strconv.Itoa(status)+" "):
 		t.Fatalf("stream %.200q: wrote %q, want status %d", stream, wrote, status)
 	}
-}
-
-func itoa(n int) string {
-	return string(rune('0'+n/100)) + string(rune('0'+n/10%10)) + string(rune('0'+n%10))
 }
 
 var guardPieces = []string{
@@ -176,5 +175,62 @@ func TestGuardIdleHoldsNoBuffer(t *testing.T) {
 	readGuarded(t, g, rng)
 	if g.buf != nil {
 		t.Fatalf("holds a %d-byte buffer after the last request", len(g.buf))
+	}
+}
+
+// guardListener guards every connection it accepts, as the terminator does.
+type guardListener struct {
+	net.Listener
+	bufs *sync.Pool
+}
+
+func (l guardListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return guardHTTP1(c, l.bufs), nil
+}
+
+// TestGuardResumesAbortedBackgroundRead: while a handler runs, Go's server
+// reads ahead in the background and aborts that read with a past deadline
+// when the handler is done. Here the abort lands while the guard holds
+// half of the next, pipelined head; the next request must still arrive
+// whole.
+func TestGuardResumesAbortedBackgroundRead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(300 * time.Millisecond)
+		}
+		io.WriteString(w, r.URL.Path)
+	})}
+	go srv.Serve(guardListener{ln, newGuardBufPool()})
+	defer srv.Close()
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHo")
+	br := bufio.NewReader(c)
+	for i, want := range []string{"/slow", "/next"} {
+		if i == 1 {
+			time.Sleep(100 * time.Millisecond) // the background read has been aborted
+			io.WriteString(c, "st: a\r\n\r\n")
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i+1, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(body) != want {
+			t.Fatalf("response %d: %d %q, want 200 %q", i+1, resp.StatusCode, body, want)
+		}
 	}
 }
