@@ -113,9 +113,11 @@ func TestSlowClients(t *testing.T) {
 	t.Run("slow ClientHello: one byte every 50ms, cut at timeouts.hello", func(t *testing.T) {
 		se.relay.logs.TakeAll()
 		before := se.pass.accepted.Load()
+		// The relay's clock starts when it accepts, which can be before
+		// Dial returns here: start ours first.
+		start := time.Now()
 		c, _ := net.Dial("tcp4", se.relay.https)
 		defer c.Close()
-		start := time.Now()
 		go drip(c, hello, 50*time.Millisecond) // would take ~90s
 		got, d := closedWithin(t, c, start, 3*time.Second)
 		if got != "" || d < slowHello || d > slowHello+1500*time.Millisecond {

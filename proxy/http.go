@@ -21,9 +21,9 @@ var errHostChanged = errors.New("next request is for another route")
 
 // handleHTTP routes one :80 connection by the Host of its first request
 // and relays it to the route's http_upstream.
-func (s *Server) handleHTTP(c net.Conn, t *table) {
+func (s *Server) handleHTTP(c net.Conn, t *table, end *connEnd) {
 	l := &connLog{listener: HTTP, client: addrPort(c.RemoteAddr()), start: time.Now()}
-	defer s.finish(l)
+	end.add(func() { s.finish(l) })
 
 	br := bufio.NewReaderSize(c, 4096)
 	c.SetReadDeadline(time.Now().Add(t.cfg.Timeouts.Hello))
@@ -66,9 +66,9 @@ func (s *Server) handleHTTP(c net.Conn, t *table) {
 		writeStatus(c, http.StatusServiceUnavailable, "too many connections for this site; try again shortly")
 		return
 	}
-	defer r.release()
+	end.add(r.release)
 	if r.cfg.Mode == config.Terminate {
-		s.terminateHTTP(c, br, h, r, l)
+		s.terminateHTTP(c, br, h, r, l, end)
 		return
 	}
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Limits on an HTTP/1.x request head read on :80. A head over
@@ -52,8 +53,13 @@ type reqHead struct {
 // rules are strict on purpose: any head two parsers could read
 // differently (bare LF, obs-fold, duplicate or conflicting lengths,
 // unknown transfer codings) is refused instead of forwarded.
-func readHead(br *bufio.Reader) (*reqHead, error) {
-	h := &reqHead{contentLength: -1}
+func readHead(br lineReader) (*reqHead, error) { return parseHead(br, nil) }
+
+// parseHead is readHead appending the head to raw. The guard passes the
+// empty start of the buffer that br's lines are slices of, so appending
+// each line moves nothing: the head is checked where it was read.
+func parseHead(br lineReader, raw []byte) (*reqHead, error) {
+	h := &reqHead{contentLength: -1, raw: raw}
 	var line []byte
 	var err error
 	// Tolerate a few empty lines before the request line (RFC 9112 §2.2).
@@ -74,8 +80,7 @@ func readHead(br *bufio.Reader) (*reqHead, error) {
 	if err := h.parseRequestLine(line); err != nil {
 		return nil, err
 	}
-	var hosts, lengths, codings int
-	var hasUpgrade, connUpgrade, connClose, connKeepAlive bool
+	var f headFields
 	for n := 0; ; n++ {
 		if line, err = readLine(br, &h.raw); err != nil {
 			return nil, err
@@ -90,60 +95,119 @@ func readHead(br *bufio.Reader) (*reqHead, error) {
 		if err != nil {
 			return nil, err
 		}
-		switch strings.ToLower(name) {
-		case "host":
-			hosts++
-			h.host = value
-		case "content-length":
-			lengths++
-			v, err := strconv.ParseInt(value, 10, 64)
-			if err != nil || v < 0 || value[0] == '+' {
-				return nil, badHead(400, "invalid Content-Length")
-			}
-			h.contentLength = v
-		case "transfer-encoding":
-			codings++
-			if !strings.EqualFold(value, "chunked") {
-				return nil, badHead(501, "unsupported Transfer-Encoding %q", value)
-			}
-			h.chunked = true
-		case "upgrade":
-			hasUpgrade = true
-		case "connection":
-			for tok := range strings.SplitSeq(value, ",") {
-				switch strings.ToLower(strings.TrimSpace(tok)) {
-				case "close":
-					connClose = true
-				case "keep-alive":
-					connKeepAlive = true
-				case "upgrade":
-					connUpgrade = true
-				}
+		if err := h.field(name, value, &f); err != nil {
+			return nil, err
+		}
+	}
+	return h, h.framing(&f)
+}
+
+// headFields tallies the fields whose repetition or combination decides
+// how a request is framed.
+type headFields struct {
+	hosts, lengths, codings                           int
+	hasUpgrade, connUpgrade, connClose, connKeepAlive bool
+}
+
+// field records one header field. Names are tokens, so ASCII case
+// folding is exactly strings.ToLower on them.
+func (h *reqHead) field(name, value []byte, f *headFields) error {
+	switch {
+	case asciiIs(name, "host"):
+		f.hosts++
+		h.host = string(value)
+	case asciiIs(name, "content-length"):
+		f.lengths++
+		v, err := strconv.ParseInt(string(value), 10, 64)
+		if err != nil || v < 0 || value[0] == '+' {
+			return badHead(400, "invalid Content-Length")
+		}
+		h.contentLength = v
+	case asciiIs(name, "transfer-encoding"):
+		f.codings++
+		if !bytes.EqualFold(value, []byte("chunked")) {
+			return badHead(501, "unsupported Transfer-Encoding %q", value)
+		}
+		h.chunked = true
+	case asciiIs(name, "upgrade"):
+		f.hasUpgrade = true
+	case asciiIs(name, "connection"):
+		for tok := range bytes.SplitSeq(value, []byte(",")) {
+			tok = bytes.TrimSpace(tok)
+			switch {
+			case lowerIs(tok, "close"):
+				f.connClose = true
+			case lowerIs(tok, "keep-alive"):
+				f.connKeepAlive = true
+			case lowerIs(tok, "upgrade"):
+				f.connUpgrade = true
 			}
 		}
 	}
-	switch {
-	case hosts > 1:
-		return nil, badHead(400, "more than one Host")
-	case hosts == 0 && h.proto == "HTTP/1.1":
-		return nil, badHead(400, "missing Host")
-	case lengths > 1:
-		return nil, badHead(400, "more than one Content-Length")
-	case codings > 1:
-		return nil, badHead(400, "more than one Transfer-Encoding")
-	case h.chunked && lengths > 0:
-		return nil, badHead(400, "both Content-Length and Transfer-Encoding")
-	case h.chunked && h.proto == "HTTP/1.0":
-		return nil, badHead(400, "Transfer-Encoding in an HTTP/1.0 request")
-	}
-	h.upgrade = hasUpgrade && connUpgrade
-	h.closeAfter = connClose || (h.proto == "HTTP/1.0" && !connKeepAlive)
-	return h, nil
+	return nil
 }
+
+// framing refuses ambiguous combinations of fields and settles how the
+// connection continues.
+func (h *reqHead) framing(f *headFields) error {
+	switch {
+	case f.hosts > 1:
+		return badHead(400, "more than one Host")
+	case f.hosts == 0 && h.proto == "HTTP/1.1":
+		return badHead(400, "missing Host")
+	case f.lengths > 1:
+		return badHead(400, "more than one Content-Length")
+	case f.codings > 1:
+		return badHead(400, "more than one Transfer-Encoding")
+	case h.chunked && f.lengths > 0:
+		return badHead(400, "both Content-Length and Transfer-Encoding")
+	case h.chunked && h.proto == "HTTP/1.0":
+		return badHead(400, "Transfer-Encoding in an HTTP/1.0 request")
+	}
+	h.upgrade = f.hasUpgrade && f.connUpgrade
+	h.closeAfter = f.connClose || (h.proto == "HTTP/1.0" && !f.connKeepAlive)
+	return nil
+}
+
+// asciiIs reports whether b, lowered as ASCII, is the lower-case s.
+func asciiIs(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// lowerIs reports whether strings.ToLower(string(b)) == s for an ASCII s,
+// allocating only for the rare non-ASCII b (ToLower maps the Kelvin sign
+// to k, so ASCII folding alone would not do).
+func lowerIs(b []byte, s string) bool {
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			return strings.ToLower(string(b)) == s
+		}
+	}
+	return asciiIs(b, s)
+}
+
+// lineReader is where readHead reads lines: a *bufio.Reader on the :80
+// relay, the bytes the guard has read on a terminated connection.
+type lineReader interface {
+	ReadSlice(delim byte) ([]byte, error)
+}
+
+var _ lineReader = (*bufio.Reader)(nil)
 
 // readLine appends the next CRLF-terminated line to raw and returns it
 // without the CRLF, refusing bare LF, bare CR and heads over MaxHeadBytes.
-func readLine(br *bufio.Reader, raw *[]byte) ([]byte, error) {
+func readLine(br lineReader, raw *[]byte) ([]byte, error) {
 	start := len(*raw)
 	for {
 		frag, err := br.ReadSlice('\n')
@@ -161,7 +225,12 @@ func readLine(br *bufio.Reader, raw *[]byte) ([]byte, error) {
 			return nil, err
 		}
 	}
-	line := (*raw)[start:]
+	return checkLine((*raw)[start:])
+}
+
+// checkLine returns a line ending in LF without its CRLF, refusing bare
+// LF and bare CR.
+func checkLine(line []byte) ([]byte, error) {
 	if len(line) < 2 || line[len(line)-2] != '\r' {
 		return nil, badHead(400, "line not terminated by CRLF")
 	}
@@ -186,7 +255,9 @@ func (h *reqHead) parseRequestLine(line []byte) error {
 			return badHead(400, "invalid byte in request target")
 		}
 	}
-	h.method, h.target, h.proto = string(m), string(t), string(proto)
+	// One string for the three: one allocation, not three.
+	ls := string(line)
+	h.method, h.target, h.proto = ls[:len(m)], ls[len(m)+1:len(m)+1+len(t)], ls[len(m)+len(t)+2:]
 	if h.proto != "HTTP/1.1" && h.proto != "HTTP/1.0" {
 		return badHead(505, "unsupported protocol %q", proto)
 	}
@@ -200,21 +271,23 @@ func (h *reqHead) parseRequestLine(line []byte) error {
 	return nil
 }
 
-func splitField(line []byte) (string, string, error) {
+// splitField checks a header field line and returns its name and value,
+// slices of line.
+func splitField(line []byte) (name, value []byte, err error) {
 	if line[0] == ' ' || line[0] == '\t' {
-		return "", "", badHead(400, "obsolete line folding")
+		return nil, nil, badHead(400, "obsolete line folding")
 	}
 	name, value, ok := bytes.Cut(line, []byte{':'})
 	if !ok || len(name) == 0 || !isToken(name) {
-		return "", "", badHead(400, "malformed header field")
+		return nil, nil, badHead(400, "malformed header field")
 	}
 	value = bytes.Trim(value, " \t")
 	for _, b := range value {
 		if (b < ' ' && b != '\t') || b == 0x7f {
-			return "", "", badHead(400, "control character in header %q", name)
+			return nil, nil, badHead(400, "control character in header %q", name)
 		}
 	}
-	return string(name), string(value), nil
+	return name, value, nil
 }
 
 func isToken(b []byte) bool {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -34,7 +35,28 @@ type termRoute struct {
 	transport *http.Transport
 	proxy     *httputil.ReverseProxy
 	trusted   []netip.Prefix
-	via       string // the relay's pseudonym in Via (loop.go)
+	via       string    // the relay's pseudonym in Via (loop.go)
+	vias      [3]string // its Via entries for HTTP/1.0, 1.1 and 2, built once
+}
+
+// Canonical keys (http.CanonicalHeaderKey) of the headers the proxy reads
+// and sets on every request: indexing the map with them directly skips
+// canonicalising the key each time.
+const (
+	hdrXFF     = "X-Forwarded-For"
+	hdrXFProto = "X-Forwarded-Proto"
+	hdrXFHost  = "X-Forwarded-Host"
+	hdrXRealIP = "X-Real-Ip"
+	hdrVia     = "Via"
+	hdrUpgrade = "Upgrade"
+)
+
+// headerFirst is h.Get(key) for a canonical key.
+func headerFirst(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // setupTerminate builds the reverse proxy of a terminated route.
@@ -50,6 +72,9 @@ func (s *Server) setupTerminate(r *route) error {
 	}
 	up := r.origin // the route's upstream set (upstream package): failover, health, pushed addresses
 	tr := &termRoute{target: target, up: up, via: s.viaName()}
+	for i, v := range [][2]int{{1, 0}, {1, 1}, {2, 0}} {
+		tr.vias[i] = viaEntry(&http.Request{ProtoMajor: v[0], ProtoMinor: v[1]}, tr.via)
+	}
 	for _, p := range rc.TrustedProxies {
 		tr.trusted = append(tr.trusted, netip.MustParsePrefix(p))
 	}
@@ -82,6 +107,7 @@ func (s *Server) setupTerminate(r *route) error {
 		Transport:    tr.transport,
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) { s.proxyError(w, req, r, err) },
 		ErrorLog:     zap.NewStdLog(s.logger().Named("reverseproxy")),
+		BufferPool:   &s.copyBufs,
 	}
 	r.term = tr
 	return nil
@@ -123,33 +149,49 @@ func (tr *termRoute) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 
 	client := clientAddr(pr.In)
-	// ReverseProxy has already removed X-Forwarded-* and Forwarded from
-	// Out; X-Real-IP is ours to remove.
-	pr.Out.Header.Del("X-Real-IP")
 	realIP := client
 	proto, host := "http", pr.In.Host
 	if pr.In.TLS != nil {
 		proto = "https"
 	}
-	xff := client.String()
+	clientStr := client.String()
+	xff, realStr := clientStr, clientStr
 	if tr.isTrusted(client) {
-		if prior := pr.In.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+		if prior := pr.In.Header[hdrXFF]; len(prior) > 0 {
 			chain := strings.Join(prior, ", ")
 			xff = chain + ", " + xff
-			realIP = tr.realClient(chain, client)
+			if realIP = tr.realClient(chain, client); realIP != client {
+				realStr = realIP.String()
+			}
 		}
-		if v := pr.In.Header.Get("X-Forwarded-Proto"); v == "http" || v == "https" {
+		if v := headerFirst(pr.In.Header, hdrXFProto); v == "http" || v == "https" {
 			proto = v
 		}
-		if v := pr.In.Header.Get("X-Forwarded-Host"); v != "" {
+		if v := headerFirst(pr.In.Header, hdrXFHost); v != "" {
 			host = v
 		}
 	}
-	pr.Out.Header.Set("X-Forwarded-For", xff)
-	pr.Out.Header.Set("X-Forwarded-Proto", proto)
-	pr.Out.Header.Set("X-Forwarded-Host", host)
-	pr.Out.Header.Set("X-Real-IP", realIP.String())
-	pr.Out.Header.Add("Via", viaEntry(pr.In, tr.via))
+	// ReverseProxy has already removed X-Forwarded-* and Forwarded from
+	// Out; X-Real-IP, ours to set, replaces whatever the client sent. The
+	// four values share one array, each capped so an append elsewhere
+	// cannot spill into the next.
+	vals := []string{xff, proto, host, realStr}
+	h := pr.Out.Header
+	h[hdrXFF], h[hdrXFProto], h[hdrXFHost], h[hdrXRealIP] = vals[0:1:1], vals[1:2:2], vals[2:3:3], vals[3:4:4]
+	h[hdrVia] = append(h[hdrVia], tr.viaFor(pr.In))
+}
+
+// viaFor is viaEntry(r, tr.via), built once for the usual versions.
+func (tr *termRoute) viaFor(r *http.Request) string {
+	switch {
+	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
+		return tr.vias[0]
+	case r.ProtoMajor == 1 && r.ProtoMinor == 1:
+		return tr.vias[1]
+	case r.ProtoMajor == 2:
+		return tr.vias[2]
+	}
+	return viaEntry(r, tr.via)
 }
 
 func (tr *termRoute) isTrusted(a netip.Addr) bool {
@@ -244,7 +286,8 @@ func (s *Server) proxyHTTP(w http.ResponseWriter, req *http.Request, r *route) {
 		s.errorPage(rec, req, r, http.StatusLoopDetected, "This request came back to the relay that forwarded it: the site's upstream leads to the relay itself.")
 		return
 	}
-	if up := req.Header.Get("Upgrade"); up != "" && !strings.EqualFold(up, "websocket") {
+	up := headerFirst(req.Header, hdrUpgrade)
+	if up != "" && !strings.EqualFold(up, "websocket") {
 		s.errorPage(rec, req, r, http.StatusBadRequest, "Only WebSocket upgrades are relayed.")
 		return
 	}
@@ -252,7 +295,7 @@ func (s *Server) proxyHTTP(w http.ResponseWriter, req *http.Request, r *route) {
 		s.errorPage(rec, req, r, http.StatusRequestEntityTooLarge, "The request body is larger than this site accepts.")
 		return
 	}
-	if req.Header.Get("Upgrade") != "" {
+	if up != "" {
 		// A WebSocket lives as long as its peers want: no read deadline
 		// may outlast the handshake on a connection about to be hijacked.
 		http.NewResponseController(w).SetReadDeadline(time.Time{})
@@ -438,3 +481,26 @@ func (s *Server) accessLog(req *http.Request, r *route, rec *statusRecorder, d t
 		zap.String("upstream", r.term.target.Host),
 	)
 }
+
+// bufferPool lends ReverseProxy the buffers it copies bodies with;
+// without one it allocates 32 KiB per request, most of a keep-alive
+// request's garbage. Its zero value is ready.
+type bufferPool struct{ p sync.Pool }
+
+// copyBufSize is the size ReverseProxy would allocate itself.
+const copyBufSize = 32 << 10
+
+func (b *bufferPool) Get() []byte {
+	if buf, ok := b.p.Get().(*[copyBufSize]byte); ok {
+		return buf[:]
+	}
+	return make([]byte, copyBufSize)
+}
+
+func (b *bufferPool) Put(buf []byte) {
+	if len(buf) == copyBufSize {
+		b.p.Put((*[copyBufSize]byte)(buf)) // a pointer: putting it allocates nothing
+	}
+}
+
+var _ httputil.BufferPool = (*bufferPool)(nil)

@@ -69,7 +69,8 @@ type Server struct {
 	viaOnce    sync.Once
 	via        string // this process in Via headers (loop.go)
 	lim        limiter
-	peekers    sync.Pool // *peeker, reused across :443 connections (peek.go)
+	peekers    sync.Pool  // *peeker, reused across :443 connections (peek.go)
+	copyBufs   bufferPool // ReverseProxy's copy buffers, shared by all terminated routes
 
 	table     atomic.Pointer[table]
 	upstreams upstreamRegistry // route upstream sets, kept across reloads (table.go)
@@ -158,31 +159,58 @@ func (s *Server) Serve(ln net.Listener, p Protocol) error {
 	}
 }
 
-// handle serves one accepted connection. Its bookkeeping (the live
-// connection count, the per-source slot release gives back) ends when the
-// handler returns, or, for a relay that outlives its handler's goroutine
-// (a parked passthrough), when that relay finishes.
+// handle serves one accepted connection; release ends its admission.
 func (s *Server) handle(c net.Conn, p Protocol, release func()) {
-	end := func() {
-		s.doneConn(c)
-		release()
-	}
+	end := new(connEnd)
+	end.add(release)
+	end.add(func() { s.doneConn(c) })
+	defer end.run()
 	s.Metrics.ConnStarted(string(p))
 	t := s.table.Load()
 	if t == nil {
 		c.Close()
-		end()
 		return
 	}
 	switch p {
 	case HTTPS:
 		s.handleTLS(c, t, end)
 	case HTTP:
-		s.handleHTTP(c, t)
-		end()
+		s.handleHTTP(c, t, end)
 	default:
 		c.Close()
-		end()
+	}
+}
+
+// connEnd is what must happen when a connection ends (its log line and
+// metrics, route and admission counts, shutdown tracking), run last added
+// first, like defers. A connection handed to the terminator ends when the
+// HTTP server closes it, long after its handler has returned: rather than
+// keep a goroutine per connection waiting for that, the handler hands
+// the connEnd to the connection's Close.
+type connEnd struct {
+	fns    []func()
+	handed bool
+}
+
+func (e *connEnd) add(f func()) { e.fns = append(e.fns, f) }
+
+// run runs the connEnd unless it was handed off.
+func (e *connEnd) run() {
+	if !e.handed {
+		e.runAll()
+	}
+}
+
+// handOff makes run do nothing and returns the function that ends the
+// connection instead, for exactly one caller to call once.
+func (e *connEnd) handOff() func() {
+	e.handed = true
+	return e.runAll
+}
+
+func (e *connEnd) runAll() {
+	for i := len(e.fns) - 1; i >= 0; i-- {
+		e.fns[i]()
 	}
 }
 

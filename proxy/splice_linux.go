@@ -10,11 +10,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// copyBufSize is the size of the pooled buffers small bursts are copied
+// burstBufSize is the size of the pooled buffers small bursts are copied
 // through. A burst that fills one is bulk, and the rest of it is spliced.
-const copyBufSize = 16 << 10
+const burstBufSize = 16 << 10
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+var burstBufs = sync.Pool{New: func() any { b := make([]byte, burstBufSize); return &b }}
 
 // copyBursts copies src to dst until EOF, one burst of received bytes at
 // a time, holding nothing while src has nothing to say: no buffer, no
@@ -98,10 +98,10 @@ func (b *burster) copySmall(fd uintptr) bool {
 		}
 	}
 	for {
-		buf := copyBufs.Get().(*[]byte)
+		buf := burstBufs.Get().(*[]byte)
 		n, err := readFD(int(fd), *buf)
 		if err == unix.EAGAIN {
-			copyBufs.Put(buf) // not held while waiting
+			burstBufs.Put(buf) // not held while waiting
 			b.waiting = true
 			if b.h != nil {
 				b.h.asleep()
@@ -109,18 +109,18 @@ func (b *burster) copySmall(fd uintptr) bool {
 			return false
 		}
 		if err != nil || n == 0 {
-			copyBufs.Put(buf)
+			burstBufs.Put(buf)
 			b.ioErr, b.eof = readError(b.src, err), err == nil
 			return true
 		}
 		m, err := b.dst.Write((*buf)[:n])
-		copyBufs.Put(buf)
+		burstBufs.Put(buf)
 		b.total += int64(m)
 		if err != nil {
 			b.ioErr = err
 			return true
 		}
-		if n == copyBufSize {
+		if n == burstBufSize {
 			b.bulk = true
 			return true
 		}

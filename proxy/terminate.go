@@ -72,11 +72,12 @@ type terminator struct {
 	httpLn *chanListener
 	tlsSrv *http.Server
 	plain  *http.Server
+	bufs   *sync.Pool // the HTTP/1 guards' buffers, lent while a head is incomplete
 }
 
 func (s *Server) term() *terminator {
 	s.termOnce.Do(func() {
-		t := &terminator{tlsLn: newChanListener(), httpLn: newChanListener()}
+		t := &terminator{tlsLn: newChanListener(), httpLn: newChanListener(), bufs: newGuardBufPool()}
 		errLog := zap.NewStdLog(s.logger().Named("http"))
 		newSrv := func(h http.Handler) *http.Server {
 			srv := &http.Server{
@@ -121,15 +122,15 @@ func (s *Server) shutdownTerm(ctx context.Context) {
 }
 
 // terminate completes the TLS handshake for a terminated host and hands
-// the connection to the in-process HTTP server. It returns when the
-// connection has closed, so the connection is logged and counted whole.
-func (s *Server) terminate(c net.Conn, peeked []byte, r *route, l *connLog) {
+// the connection to the in-process HTTP server. The connection ends, and
+// is logged and counted whole, when that server closes it.
+func (s *Server) terminate(c net.Conn, peeked []byte, r *route, l *connLog, end *connEnd) {
 	if s.Certs == nil {
 		l.outcome, l.err = outcomeHandshake, errors.New("no certificate source configured")
 		c.Close()
 		return
 	}
-	tc := &trackedConn{Conn: newPrefixConn(c, peeked), done: make(chan struct{})}
+	tc := &trackedConn{Conn: newPrefixConn(c, peeked)}
 	tlsConn := tls.Server(tc, s.Certs.TLSConfig())
 	tlsConn.SetDeadline(time.Now().Add(r.timeouts.Hello))
 	handshakeDone := s.lim.handshaking()
@@ -148,42 +149,53 @@ func (s *Server) terminate(c net.Conn, peeked []byte, r *route, l *connLog) {
 		tlsConn.Close()
 		return
 	}
+	t := s.term()
 	var handed net.Conn = tlsConn
 	if tlsConn.ConnectionState().NegotiatedProtocol != "h2" {
-		handed = guardHTTP1(tlsConn, bufio.NewReaderSize(tlsConn, 4096))
+		handed = guardHTTP1(tlsConn, t.bufs)
 	}
-	if !s.term().tlsLn.hand(handed) {
+	tc.onClose = endTerminated(tc, l, end)
+	if !t.tlsLn.hand(handed) {
 		l.outcome = outcomeShutdown
 		tlsConn.Close()
-		return
 	}
-	<-tc.done
-	l.outcome = outcomeTerminated
-	l.fromClient, l.toClient = tc.in.Load(), tc.out.Load()
 }
 
 // terminateHTTP hands a :80 connection whose first request is for a
 // terminated host to the in-process plain HTTP server, replaying the head.
-func (s *Server) terminateHTTP(c net.Conn, br *bufio.Reader, h *reqHead, r *route, l *connLog) {
+func (s *Server) terminateHTTP(c net.Conn, br *bufio.Reader, h *reqHead, r *route, l *connLog, end *connEnd) {
 	buffered, _ := br.Peek(br.Buffered())
 	replay := append(append([]byte(nil), h.raw...), buffered...)
-	tc := &trackedConn{Conn: newPrefixConn(c, replay), done: make(chan struct{})}
-	if !s.term().httpLn.hand(guardHTTP1(tc, bufio.NewReaderSize(tc, 4096))) {
+	tc := &trackedConn{Conn: newPrefixConn(c, replay)}
+	tc.onClose = endTerminated(tc, l, end)
+	t := s.term()
+	if !t.httpLn.hand(guardHTTP1(tc, t.bufs)) {
 		l.outcome = outcomeShutdown
-		c.Close()
-		return
+		tc.Close()
 	}
-	<-tc.done
-	l.outcome = outcomeTerminated
-	l.fromClient, l.toClient = tc.in.Load(), tc.out.Load()
 }
 
-// trackedConn counts bytes and reports when the HTTP server closes it.
+// endTerminated takes over end for a connection about to be handed to
+// the HTTP server and returns what its Close must run: record the
+// outcome, unless the hand-over was refused, then end the connection.
+func endTerminated(tc *trackedConn, l *connLog, end *connEnd) func() {
+	finish := end.handOff()
+	return func() {
+		if l.outcome == "" {
+			l.outcome = outcomeTerminated
+			l.fromClient, l.toClient = tc.in.Load(), tc.out.Load()
+		}
+		finish()
+	}
+}
+
+// trackedConn counts bytes and, once handed to the HTTP server, ends the
+// connection when the server closes it.
 type trackedConn struct {
 	net.Conn
 	in, out atomic.Int64
 	once    sync.Once
-	done    chan struct{}
+	onClose func() // nil until the connection is handed over
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
@@ -200,51 +212,10 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { close(c.done) })
-	return err
-}
-
-// guardedConn holds HTTP/1.x requests to the same strict rules as the :80
-// relay before Go's HTTP server sees them. Go's server is lenient where
-// a proxy must not be: it accepts bare LF line ends, obs-fold and
-// Content-Length beside Transfer-Encoding, each a way to make two parsers
-// disagree about where a request ends. A goroutine reads each request head
-// and body with readHead and copyBody and passes exactly the checked bytes
-// through a pipe; the first refused request gets its status, later ones
-// end the connection.
-type guardedConn struct {
-	net.Conn          // the client connection: writes, addresses, close
-	pipe     net.Conn // checked request bytes, with the server's read deadlines
-}
-
-func guardHTTP1(c net.Conn, br *bufio.Reader) *guardedConn {
-	inner, outer := net.Pipe()
-	go guardRequests(c, br, inner)
-	return &guardedConn{Conn: c, pipe: outer}
-}
-
-func guardRequests(c net.Conn, br *bufio.Reader, w net.Conn) {
-	defer w.Close()
-	for first := true; ; first = false {
-		h, err := readHead(br)
-		if err != nil {
-			var he *headError
-			if first && errors.As(err, &he) {
-				writeStatus(c, he.Status, he.Msg)
-			}
-			return
-		}
-		if _, err := w.Write(h.raw); err != nil {
-			return
-		}
-		if _, err := copyBody(w, br, h); err != nil {
-			return
-		}
-		if h.upgrade {
-			io.Copy(w, br)
-			return
-		}
+	if c.onClose != nil {
+		c.once.Do(c.onClose)
 	}
+	return err
 }
 
 type tlsStateKey struct{}
@@ -259,22 +230,6 @@ func withTLSState(ctx context.Context, c net.Conn) context.Context {
 		}
 	}
 	return ctx
-}
-
-// Reads, and the deadlines Go's server sets on them (including the one it
-// uses to abort a background read at hijack), act on the pipe, never on
-// the guard's own reads from the network.
-func (g *guardedConn) Read(p []byte) (int, error)        { return g.pipe.Read(p) }
-func (g *guardedConn) SetReadDeadline(t time.Time) error { return g.pipe.SetReadDeadline(t) }
-
-func (g *guardedConn) SetDeadline(t time.Time) error {
-	g.pipe.SetReadDeadline(t)
-	return g.Conn.SetWriteDeadline(t)
-}
-
-func (g *guardedConn) Close() error {
-	g.pipe.Close()
-	return g.Conn.Close()
 }
 
 // chanListener is a net.Listener fed with connections the relay has

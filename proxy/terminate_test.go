@@ -363,3 +363,14 @@ func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+// TestHeaderKeysAreCanonical: rewrite indexes header maps with these keys
+// directly, which only finds and replaces what Header.Get and Set would
+// if they are canonical.
+func TestHeaderKeysAreCanonical(t *testing.T) {
+	for _, k := range []string{hdrXFF, hdrXFProto, hdrXFHost, hdrXRealIP, hdrVia, hdrUpgrade} {
+		if c := http.CanonicalHeaderKey(k); c != k {
+			t.Errorf("%q is not canonical: %q", k, c)
+		}
+	}
+}

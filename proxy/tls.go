@@ -12,30 +12,24 @@ import (
 )
 
 // handleTLS routes one :443 connection by the SNI of its ClientHello.
-// end is called once the connection is finished with, possibly after
-// handleTLS has returned (a parked relay).
-func (s *Server) handleTLS(c net.Conn, t *table, end func()) {
+// end holds what must happen when the connection ends; a parked relay
+// takes it over and runs it when it finishes, after handleTLS returned.
+func (s *Server) handleTLS(c net.Conn, t *table, end *connEnd) {
 	l := &connLog{listener: HTTPS, client: addrPort(c.RemoteAddr()), start: time.Now()}
+	end.add(func() { s.finish(l) })
 	r, p := s.routeHello(c, t, l)
 	if r == nil {
-		s.finish(l)
-		end()
 		return
 	}
-	done := func() {
-		r.release()
-		s.finish(l)
-		end()
-	}
+	end.add(r.release)
 	if r.cfg.Mode == config.Terminate {
 		// The terminator replays the peeked bytes from its own
 		// goroutines: p is not reused, its buffer goes with the
 		// connection. A full TLS handshake dwarfs the allocation.
-		s.terminate(c, p.rec.bytes(), r, l)
-		done()
+		s.terminate(c, p.rec.bytes(), r, l, end)
 		return
 	}
-	s.passthrough(c, p, r, l, done)
+	s.passthrough(c, p, r, l, end)
 }
 
 // routeHello peeks the ClientHello and finds, and admits the connection
@@ -86,17 +80,15 @@ func (s *Server) routeHello(c net.Conn, t *table, l *connLog) (r *route, p *peek
 // passthrough dials the route's origin, sends the PROXY header and the
 // peeked ClientHello, then relays bytes untouched in both directions. It
 // returns p to the pool as soon as the hello is sent, not when the
-// connection ends, so idle connections do not each hold a buffer. It calls
-// done when the connection has ended, which for a parked relay is after
-// passthrough has returned.
-func (s *Server) passthrough(c net.Conn, p *peeker, r *route, l *connLog, done func()) {
+// connection ends, so idle connections do not each hold a buffer. A
+// parked relay takes end over and runs it when it finishes.
+func (s *Server) passthrough(c net.Conn, p *peeker, r *route, l *connLog, end *connEnd) {
 	up, addr, err := s.dialUpstream(context.Background(), r, r.tls)
 	l.upstream = addr
 	if err != nil {
 		s.putPeeker(p)
 		l.outcome, l.err = outcomeDialFailed, err
 		c.Close()
-		done()
 		return
 	}
 	var hdr [headerRoom]byte
@@ -108,10 +100,12 @@ func (s *Server) passthrough(c net.Conn, p *peeker, r *route, l *connLog, done f
 		l.outcome, l.err = outcomeDialFailed, err
 		up.Close()
 		c.Close()
-		done()
 		return
 	}
 	up.SetWriteDeadline(time.Time{})
+	// Handed off before the relay starts: a parked relay may finish, on
+	// its own goroutines, before startParked has returned.
+	done := end.handOff()
 	finished := func(res relayResult) {
 		l.fromClient += res.fromClient
 		l.toClient = res.toClient

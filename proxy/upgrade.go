@@ -5,7 +5,7 @@ import "net/http"
 // closeAfterFailedUpgrade ends an HTTP/1.x connection after the answer to
 // an upgrade request that did not switch protocols: a refused h2c or
 // unknown token, a WebSocket the origin declined, an error page. The
-// strict guard in front of Go's server (guardRequests) passes every byte
+// strict guard in front of Go's server (guardedConn) passes every byte
 // after an upgrade request unchecked, as it must once the protocol has
 // switched; when it has not, the connection must carry no further
 // request, or those bytes would reach Go's lenient parser unchecked.
