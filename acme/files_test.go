@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -180,4 +181,34 @@ func poolOf(c *x509.Certificate) *x509.CertPool {
 
 func sameSerial(want *x509.Certificate) func(*x509.Certificate) bool {
 	return func(got *x509.Certificate) bool { return got.SerialNumber.Cmp(want.SerialNumber) == 0 }
+}
+
+// TestTLSConfigResumesSessions: clients resume their TLS sessions across
+// connections, which takes the same session ticket keys on each one, so
+// TLSConfig must hand out one config, not one per connection.
+func TestTLSConfigResumesSessions(t *testing.T) {
+	m, err := New(Options{FilePollInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	const host = "resume.relay46.test"
+	certFile, keyFile := pairPaths(t)
+	leaf := writePair(t, certFile, keyFile, host)
+	if err := m.LoadFiles([]string{host}, certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	addr := serveManager(t, m)
+	cache := tls.NewLRUClientSessionCache(4)
+	for i := range 3 {
+		// TLS 1.2: the ticket comes within the handshake.
+		c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: host, RootCAs: poolOf(leaf), MaxVersion: tls.VersionTLS12, ClientSessionCache: cache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.ConnectionState().DidResume; got != (i > 0) {
+			t.Errorf("connection %d: resumed = %v", i, got)
+		}
+		c.Close()
+	}
 }

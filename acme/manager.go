@@ -111,6 +111,9 @@ type Manager struct {
 	closed  bool
 
 	closeOnce sync.Once
+
+	tlsOnce sync.Once
+	tlsCfg  *tls.Config // see TLSConfig
 }
 
 // New builds a Manager. It starts certmagic's maintenance (renewal and OCSP
@@ -266,16 +269,22 @@ func (m *Manager) isManaged(name string) bool {
 	return ok
 }
 
-// TLSConfig returns a new *tls.Config for the in-process TLS server.
-// Its GetCertificate serves LoadFiles certificates first, then ACME ones,
-// and answers TLS-ALPN-01 challenge hellos; NextProtos offers h2, http/1.1
-// and acme-tls/1.
+// TLSConfig returns the *tls.Config for the in-process TLS server, the
+// same one on every call: its session ticket keys (made and rotated by
+// crypto/tls) are what lets a returning client resume its TLS session,
+// and a config per connection would give every connection keys of its
+// own. Its GetCertificate serves LoadFiles certificates first, then ACME
+// ones, and answers TLS-ALPN-01 challenge hellos; NextProtos offers h2,
+// http/1.1 and acme-tls/1. Callers must not modify it.
 func (m *Manager) TLSConfig() *tls.Config {
-	return &tls.Config{
-		GetCertificate: m.getCertificate,
-		NextProtos:     []string{"h2", "http/1.1", acmez.ACMETLS1Protocol},
-		MinVersion:     tls.VersionTLS12,
-	}
+	m.tlsOnce.Do(func() {
+		m.tlsCfg = &tls.Config{
+			GetCertificate: m.getCertificate,
+			NextProtos:     []string{"h2", "http/1.1", acmez.ACMETLS1Protocol},
+			MinVersion:     tls.VersionTLS12,
+		}
+	})
+	return m.tlsCfg
 }
 
 func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,10 +26,17 @@ import (
 type staticCerts struct {
 	cert       tls.Certificate
 	challenges map[string]string
+	once       sync.Once
+	cfg        *tls.Config
 }
 
+// TLSConfig returns one config, as acme.Manager does: session resumption
+// needs the same ticket keys on every connection.
 func (c *staticCerts) TLSConfig() *tls.Config {
-	return &tls.Config{Certificates: []tls.Certificate{c.cert}, NextProtos: []string{"h2", "http/1.1", "acme-tls/1"}}
+	c.once.Do(func() {
+		c.cfg = &tls.Config{Certificates: []tls.Certificate{c.cert}, NextProtos: []string{"h2", "http/1.1", "acme-tls/1"}}
+	})
+	return c.cfg
 }
 
 func (c *staticCerts) HandleHTTPChallenge(w http.ResponseWriter, r *http.Request) bool {
@@ -371,6 +380,34 @@ func TestHeaderKeysAreCanonical(t *testing.T) {
 	for _, k := range []string{hdrXFF, hdrXFProto, hdrXFHost, hdrXRealIP, hdrVia, hdrUpgrade} {
 		if c := http.CanonicalHeaderKey(k); c != k {
 			t.Errorf("%q is not canonical: %q", k, c)
+		}
+	}
+}
+
+// TestTerminateResumesTLSSessions: a client that comes back resumes its
+// TLS session (TLS 1.3 tickets and TLS 1.2 session tickets) instead of
+// paying for a full handshake.
+func TestTerminateResumesTLSSessions(t *testing.T) {
+	ts := startTermRelay(t, "", nil, nil)
+	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		cache := tls.NewLRUClientSessionCache(4)
+		var resumed []bool
+		for range 3 {
+			c, err := tls.Dial("tcp4", ts.relay.https, &tls.Config{
+				RootCAs: ts.relayRoots, ServerName: "blog.example.org", MaxVersion: v,
+				ClientSessionCache: cache, NextProtos: []string{"http/1.1"},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A TLS 1.3 ticket arrives after the handshake: read a response.
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: blog.example.org\r\nConnection: close\r\n\r\n")
+			io.ReadAll(c)
+			resumed = append(resumed, c.ConnectionState().DidResume)
+			c.Close()
+		}
+		if want := []bool{false, true, true}; !slices.Equal(resumed, want) {
+			t.Errorf("TLS %x: resumed %v, want %v", v, resumed, want)
 		}
 	}
 }
