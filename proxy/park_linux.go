@@ -19,8 +19,11 @@ import (
 // (open WebSockets, keep-alive connections between requests); parked,
 // one costs its sockets and a few hundred bytes instead of two goroutine
 // stacks. A direction that has waited between ParkAfter and twice that
-// is parked.
-const ParkAfter = time.Second
+// is parked. Short, because a burst of new connections holds goroutines
+// until its connections park, and Go keeps the memory of that peak; a
+// park and a wake cost about as much as relaying one small request, so
+// parking a connection that speaks every half second costs little.
+const ParkAfter = 250 * time.Millisecond
 
 // parker holds the parked directions of one Server's passthrough relays.
 // One goroutine serves it while any relay is running: it waits on the

@@ -522,7 +522,7 @@ func (b *bench) idle(ctx context.Context, rep int, tg target) error {
 	}
 	// Idle means idle for a while: an open WebSocket or a browser's
 	// keep-alive connection waits seconds to minutes. A few seconds let a
-	// peer that parks quiet connections (relay46 does, after 1-2 s) do so.
+	// peer that parks quiet connections (relay46 does, after 0.25-0.5 s) do so.
 	time.Sleep(b.opts.idleWait)
 	after, fdsAfter := p.rss(), p.fds()
 	port := 0
