@@ -309,9 +309,10 @@ type parkedRelay struct {
 	done     func(relayResult)
 }
 
-// startParked starts relaying between client and upstream. It reports
-// false, having started nothing, when the parker cannot be used; the
-// caller then relays the usual way.
+// startParked starts relaying between client and upstream: the upstream's
+// bytes in a goroutine of their own, the client's once the caller calls
+// copyFromClient. It reports false, having started nothing, when the
+// parker cannot be used; the caller then relays the usual way.
 func (p *parker) startParked(client, upstream *net.TCPConn, idle time.Duration, done func(relayResult)) (*parkedRelay, bool) {
 	r := &parkedRelay{p: p, client: client, upstream: upstream, done: done}
 	for i, pair := range [2][2]*net.TCPConn{{upstream, client}, {client, upstream}} {
@@ -328,10 +329,14 @@ func (p *parker) startParked(client, upstream *net.TCPConn, idle time.Duration, 
 	}
 	r.left.Store(2)
 	r.watch = newIdleWatch(idle, func() { r.res.idle = true; r.Close() }, client, upstream)
-	go r.halves[0].run()
 	go r.halves[1].run()
 	return r, true
 }
+
+// copyFromClient copies the client's bytes in the calling goroutine (the
+// connection's handler, whose stack has already grown) until that
+// direction ends or parks.
+func (r *parkedRelay) copyFromClient() { r.halves[0].run() }
 
 // Close aborts the relay: parked directions are woken first, so that each
 // sees its socket closed and finishes.

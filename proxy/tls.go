@@ -115,6 +115,7 @@ func (s *Server) passthrough(c net.Conn, p *peeker, r *route, l *connLog, end *c
 	if ct, ok := c.(*net.TCPConn); ok {
 		if pr, ok := s.park.startParked(ct, up, r.timeouts.Idle, finished); ok {
 			s.closeWith(c, pr)
+			pr.copyFromClient()
 			return
 		}
 	}
