@@ -41,6 +41,7 @@ type parker struct {
 	token   uint64            // last token given out
 	kicks   []*half           // scratch for sweep
 	epoch   atomic.Uint32     // ParkAfter ticks since the loop started
+	parks   atomic.Int64      // directions parked so far (tests)
 	events  []unix.EpollEvent // loop's scratch
 }
 
@@ -144,6 +145,7 @@ func (h *half) park() bool {
 	}
 	h.inEpoll = true
 	h.state.Store(halfParked)
+	p.parks.Add(1)
 	return true
 }
 

@@ -3,7 +3,9 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"strings"
@@ -180,4 +182,64 @@ func TestParkedRelayClosed(t *testing.T) {
 			t.Errorf("%d connections still counted after shutdown", r.srv.ActiveConns())
 		}
 	})
+}
+
+// TestParkingUnderChurn: many connections that alternate bursts of random
+// size (small ones through the buffer, big ones spliced) with pauses on
+// both sides of ParkAfter, so that directions park and wake while bytes
+// are in flight, still relay every byte in order, and end cleanly on
+// half-close.
+func TestParkingUnderChurn(t *testing.T) {
+	ln := echoOrigin(t)
+	r := startRelay(t, passthroughConfig(ln.Addr().String(), ""))
+	hello := clientHello(t, "misskey.example.com")
+	const conns, rounds = 24, 6
+	errs := make(chan error, conns)
+	for i := range conns {
+		c := dialEcho(t, r.https, hello)
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(i), 46))
+			for range rounds {
+				n := 1 + rng.IntN(2000)
+				if rng.IntN(4) == 0 {
+					n = 64<<10 + rng.IntN(256<<10)
+				}
+				msg := make([]byte, n)
+				for j := range msg {
+					msg[j] = byte(rng.Uint32())
+				}
+				if err := echoes(c, msg); err != nil {
+					errs <- err
+					return
+				}
+				time.Sleep(time.Duration(rng.IntN(int(2*ParkAfter + ParkAfter/2))))
+			}
+			c.CloseWrite()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+				errs <- fmt.Errorf("after half-close: %d bytes, %v", len(rest), err)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range conns {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := r.srv.park.parks.Load(); n < conns {
+		t.Errorf("only %d directions parked: the pauses did not exercise parking", n)
+	} else {
+		t.Logf("%d directions parked and woke", n)
+	}
+	if !waitFor(5*time.Second, func() bool { return r.srv.ActiveConns() == 0 }) {
+		t.Fatalf("%d connections still counted", r.srv.ActiveConns())
+	}
+	for _, o := range r.outcomes() {
+		if o != "ok" {
+			t.Errorf("a connection ended %q, want ok: %v", o, r.outcomes())
+			break
+		}
+	}
 }
