@@ -170,17 +170,7 @@ func TestOriginFailures(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	ln, _ := net.Listen("tcp6", "[::1]:0")
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	ln := serveLoopback6(t, func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
 	r := startRelay(t, passthroughConfig(ln.Addr().String(), "timeouts: {idle: 400ms}\n"))
 	c, err := net.Dial("tcp4", r.https)
 	if err != nil {

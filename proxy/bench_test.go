@@ -20,33 +20,20 @@ import (
 // relay, not TLS.
 
 func startSink(b *testing.B) string {
-	ln, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
+	ln := serveLoopback6(b, func(c net.Conn) {
+		defer c.Close()
+		// Echo the first 4 KiB (the hello and a ping), then sink.
+		buf := make([]byte, 64<<10)
 		for {
-			c, err := ln.Accept()
+			n, err := c.Read(buf)
+			if n > 0 && n < 4096 {
+				c.Write(buf[:n])
+			}
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				// Echo the first 4 KiB (the hello and a ping), then sink.
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 && n < 4096 {
-						c.Write(buf[:n])
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
+	})
 	return ln.Addr().String()
 }
 

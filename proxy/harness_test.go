@@ -229,3 +229,24 @@ func httpsGet(t testing.TB, relayAddr, host, path string, roots *x509.CertPool) 
 	b, err := io.ReadAll(resp.Body)
 	return string(b), resp.TLS, err
 }
+
+// serveLoopback6 accepts on [::1]:0 until the test ends and hands each
+// connection to handle in a goroutine of its own; handle closes it.
+func serveLoopback6(t testing.TB, handle func(net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
+	return ln
+}

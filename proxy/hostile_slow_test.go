@@ -35,25 +35,12 @@ const (
 func startSlowEnv(t *testing.T) *slowEnv {
 	t.Helper()
 	se := &slowEnv{}
-	ln, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.Read(make([]byte, 4096)) // the ClientHello
-				n, _ := io.Copy(c, io.LimitReader(zeros{}, bigAnswer))
-				se.bulkSent.Add(n)
-			}()
-		}
-	}()
+	ln := serveLoopback6(t, func(c net.Conn) {
+		defer c.Close()
+		c.Read(make([]byte, 4096)) // the ClientHello
+		n, _ := io.Copy(c, io.LimitReader(zeros{}, bigAnswer))
+		se.bulkSent.Add(n)
+	})
 	big := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", fmt.Sprint(bigAnswer))
 		buf := make([]byte, 32<<10)

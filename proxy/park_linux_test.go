@@ -39,29 +39,15 @@ func waitFor(d time.Duration, cond func() bool) bool {
 	return true
 }
 
-// echoOrigin accepts on [::1] and echoes, without splice (so it holds no
-// pipes), until the test ends; halfClose makes it answer EOF with EOF.
+// echoOrigin echoes on [::1], without splice (so it holds no pipes), and
+// answers EOF with EOF.
 func echoOrigin(t *testing.T) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return ln
+	return serveLoopback6(t, func(c net.Conn) {
+		defer c.Close()
+		io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c})
+		c.(*net.TCPConn).CloseWrite()
+	})
 }
 
 func dialEcho(t *testing.T, addr string, hello []byte) *net.TCPConn {

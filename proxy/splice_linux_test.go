@@ -20,20 +20,10 @@ func openFDs(t *testing.T) int {
 // TestIdleRelayHoldsNoPipes: an idle relayed connection costs its two
 // sockets and nothing else — no splice pipes held while waiting.
 func TestIdleRelayHoldsNoPipes(t *testing.T) {
-	ln, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c}) }() // no splice: no pipe of its own
-		}
-	}()
+	ln := serveLoopback6(t, func(c net.Conn) {
+		defer c.Close()
+		io.Copy(struct{ io.Writer }{c}, struct{ io.Reader }{c}) // no splice: no pipe of its own
+	})
 	r := startRelay(t, passthroughConfig(ln.Addr().String(), ""))
 	hello := clientHello(t, "misskey.example.com")
 	const n = 50
