@@ -4,9 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"github.com/relay46/relay46/config"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
 	"net"
 	"net/netip"
 	"os"
@@ -15,6 +12,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/relay46/relay46/config"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/relay46/relay46/metrics"
 )

@@ -86,8 +86,6 @@ func (h *half) kick() {
 	}
 }
 
-var aLongTimeAgo = time.Unix(1, 0)
-
 // run copies until the direction ends or parks.
 func (h *half) run() {
 	for {

@@ -32,7 +32,7 @@ import (
 type termRoute struct {
 	target    *url.URL
 	up        *upstream.Upstream
-	transport *http.Transport
+	transport *h1Transport // safe bodiless requests; the rest to its fallback
 	proxy     *httputil.ReverseProxy
 	trusted   []netip.Prefix
 	via       string    // the relay's pseudonym in Via (loop.go)
@@ -86,7 +86,7 @@ func (s *Server) setupTerminate(r *route) error {
 	if respTimeout <= 0 {
 		respTimeout = DefaultResponseHeaderTimeout
 	}
-	tr.transport = &http.Transport{
+	fallback := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, _, err := s.dialUpstream(ctx, r, up)
 			if err != nil {
@@ -101,6 +101,13 @@ func (s *Server) setupTerminate(r *route) error {
 		ResponseHeaderTimeout: respTimeout,
 		ExpectContinueTimeout: time.Second,
 		TLSHandshakeTimeout:   r.timeouts.Dial,
+	}
+	tr.transport = &h1Transport{
+		dial:        fallback.DialContext,
+		fallback:    fallback,
+		respTimeout: respTimeout,
+		maxIdle:     fallback.MaxIdleConnsPerHost,
+		idleTimeout: fallback.IdleConnTimeout,
 	}
 	tr.proxy = &httputil.ReverseProxy{
 		Rewrite:      func(pr *httputil.ProxyRequest) { tr.rewrite(pr) },
