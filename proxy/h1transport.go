@@ -45,9 +45,34 @@ type h1Transport struct {
 
 type h1Conn struct {
 	c     net.Conn
+	lr    headLimit // what br reads through
 	br    *bufio.Reader
 	bw    *bufio.Writer
 	since time.Time // idle since
+}
+
+// headLimit bounds what an origin connection may send while its response
+// head is being read to MaxResponseHeaderBytes; the body is unbounded.
+type headLimit struct {
+	c    net.Conn
+	left int64 // < 0: no limit
+}
+
+var errResponseHeadTooLarge = errors.New("origin's response head is larger than the relay accepts")
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.left < 0 {
+		return l.c.Read(p)
+	}
+	if l.left == 0 {
+		return 0, errResponseHeadTooLarge
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.c.Read(p)
+	l.left -= int64(n)
+	return n, err
 }
 
 var _ http.RoundTripper = (*h1Transport)(nil)
@@ -117,6 +142,7 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 		return nil, err
 	}
 	resp, err := t.readResponse(pc, req)
+	pc.lr.left = -1
 	if err != nil {
 		stop()
 		return nil, err
@@ -130,10 +156,15 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 	return resp, nil
 }
 
-// readResponse reads the response head, passing 1xx informational heads
-// to the client trace ReverseProxy installs (which relays them).
+// readResponse reads the response head, passing informational (1xx)
+// heads to the client trace ReverseProxy installs (which relays them).
+// Each head may have MaxResponseHeaderBytes, as in http.Transport; the
+// response head's deadline bounds them all.
 func (t *h1Transport) readResponse(pc *h1Conn, req *http.Request) (*http.Response, error) {
 	for {
+		// Counted from what is not yet buffered: at most one more
+		// buffer's worth.
+		pc.lr.left = MaxResponseHeaderBytes
 		resp, err := http.ReadResponse(pc.br, req)
 		if err != nil {
 			return nil, err
@@ -175,7 +206,9 @@ func (t *h1Transport) get(ctx context.Context) (*h1Conn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &h1Conn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}, false, nil
+	pc := &h1Conn{c: c, lr: headLimit{c: c, left: -1}, bw: bufio.NewWriterSize(c, 4096)}
+	pc.br = bufio.NewReaderSize(&pc.lr, 4096)
+	return pc, false, nil
 }
 
 // put pools a connection whose response was read to the end.

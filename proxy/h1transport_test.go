@@ -141,3 +141,28 @@ func TestH1TransportLeavesTheRestToHTTPTransport(t *testing.T) {
 		}
 	}
 }
+
+// TestOriginResponseHeadLimits: an origin whose response head exceeds
+// MaxResponseHeaderBytes gets the client a 502, on both transports; 1xx
+// heads before a response are relayed, each within the same limit.
+func TestOriginResponseHeadLimits(t *testing.T) {
+	huge := "HTTP/1.1 200 OK\r\n" + strings.Repeat("X-Filler: "+strings.Repeat("a", 1000)+"\r\n", MaxResponseHeaderBytes/1000+10) + "Content-Length: 2\r\n\r\nok"
+	hint := "HTTP/1.1 103 Early Hints\r\nLink: </" + strings.Repeat("a", 1000) + ".css>; rel=preload\r\n\r\n"
+	hints := strings.Repeat(hint, 20) + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	for name, tc := range map[string]struct {
+		reply string
+		code  int
+	}{"huge head": {huge, http.StatusBadGateway}, "1xx heads": {hints, http.StatusOK}} {
+		t.Run(name, func(t *testing.T) {
+			ln := rawOrigin(t, func(conn, req int) (string, bool, string) { return tc.reply, true, "" })
+			c := termRelayTo(t, ln.Addr().String())
+			if code, _ := get(t, c, "GET", "/"); code != tc.code {
+				t.Errorf("GET: %d, want %d", code, tc.code)
+			}
+			req, _ := http.NewRequest("POST", "https://blog.example.org/", strings.NewReader("x"))
+			if resp, _ := do(t, c, req); resp.StatusCode != tc.code {
+				t.Errorf("POST (fallback transport): %d, want %d", resp.StatusCode, tc.code)
+			}
+		})
+	}
+}

@@ -94,13 +94,14 @@ func (s *Server) setupTerminate(r *route) error {
 			}
 			return c, nil
 		},
-		TLSClientConfig:       tlsCfg,
-		ForceAttemptHTTP2:     target.Scheme == "https",
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: respTimeout,
-		ExpectContinueTimeout: time.Second,
-		TLSHandshakeTimeout:   r.timeouts.Dial,
+		TLSClientConfig:        tlsCfg,
+		ForceAttemptHTTP2:      target.Scheme == "https",
+		MaxIdleConnsPerHost:    64,
+		IdleConnTimeout:        90 * time.Second,
+		ResponseHeaderTimeout:  respTimeout,
+		ExpectContinueTimeout:  time.Second,
+		TLSHandshakeTimeout:    r.timeouts.Dial,
+		MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 	}
 	tr.transport = &h1Transport{
 		dial:        fallback.DialContext,

@@ -44,6 +44,12 @@ const (
 	// DefaultResponseHeaderTimeout bounds waiting for the origin's
 	// response head (504 beyond it).
 	DefaultResponseHeaderTimeout = time.Minute
+	// MaxResponseHeaderBytes bounds each response head from an origin
+	// (502 beyond it), so a broken origin cannot make the relay buffer
+	// without end. Informational (1xx) heads, relayed to the client as
+	// they come, are bounded each the same, and together by the time
+	// allowed for the response head.
+	MaxResponseHeaderBytes = 1 << 20
 	// HTTP/2 limits per connection.
 	TermMaxConcurrentStreams = 250
 	TermMaxReadFrameSize     = 1 << 20
