@@ -32,12 +32,12 @@ import (
 // it is dropped. Requests that meet a pooled connection closed under them
 // are retried once on a new one, as http.Transport does; only safe methods
 // come here, so that is always allowed.
+//
+// It dials, bounds its pool and waits for response heads as fallback is
+// configured to (DialContext, MaxIdleConnsPerHost, IdleConnTimeout,
+// ResponseHeaderTimeout; a body has no timeout).
 type h1Transport struct {
-	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
-	fallback    *http.Transport
-	respTimeout time.Duration // for the response head; the body has none
-	maxIdle     int
-	idleTimeout time.Duration
+	fallback *http.Transport
 
 	mu   sync.Mutex
 	idle []*h1Conn // most recently used last
@@ -50,6 +50,9 @@ type h1Conn struct {
 	bw    *bufio.Writer
 	since time.Time // idle since
 }
+
+// abort makes the connection's blocked reads and writes fail now.
+func (pc *h1Conn) abort() { pc.c.SetDeadline(aLongTimeAgo) }
 
 // headLimit bounds what an origin connection may send while its response
 // head is being read to MaxResponseHeaderBytes; the body is unbounded.
@@ -119,20 +122,19 @@ func h1Eligible(req *http.Request) bool {
 // origin had closed gives: the request could not be sent, or no response
 // began.
 func closedUnder(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)
 }
 
 // exchange writes req and reads the response head. The body, read by the
 // caller, gives the connection back to the pool at its end.
 func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
-	// The origin has respTimeout to send the response head. A client that
+	// The origin has ResponseHeaderTimeout to send the response head. A client that
 	// leaves, before or during the response, ends the exchange: the
 	// connection's reads fail at once and it is not reused. (The timeout
 	// is set first so that it can never undo the client's.)
-	pc.c.SetDeadline(time.Now().Add(t.respTimeout))
-	stop := context.AfterFunc(ctx, func() { pc.c.SetDeadline(aLongTimeAgo) })
+	pc.c.SetDeadline(time.Now().Add(t.fallback.ResponseHeaderTimeout))
+	stop := context.AfterFunc(ctx, pc.abort)
 	if err := req.Write(pc.bw); err != nil {
 		stop()
 		return nil, err
@@ -152,7 +154,7 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (*http.Response, e
 	}
 	pc.c.SetDeadline(time.Time{})
 	resp.Body = &h1Body{t: t, pc: pc, body: resp.Body, keep: !resp.Close && !req.Close,
-		stop: context.AfterFunc(ctx, func() { pc.c.SetDeadline(aLongTimeAgo) })}
+		stop: context.AfterFunc(ctx, pc.abort)}
 	return resp, nil
 }
 
@@ -197,12 +199,12 @@ func (t *h1Transport) get(ctx context.Context) (*h1Conn, bool, error) {
 		t.idle[n-1] = nil
 		t.idle = t.idle[:n-1]
 		t.mu.Unlock()
-		if now.Sub(pc.since) < t.idleTimeout && quiet(pc.c) {
+		if now.Sub(pc.since) < t.fallback.IdleConnTimeout && quiet(pc.c) {
 			return pc, true, nil
 		}
 		pc.c.Close()
 	}
-	c, err := t.dial(ctx, "tcp", "")
+	c, err := t.fallback.DialContext(ctx, "tcp", "")
 	if err != nil {
 		return nil, false, err
 	}
@@ -219,7 +221,7 @@ func (t *h1Transport) put(pc *h1Conn) {
 	}
 	pc.since = time.Now()
 	t.mu.Lock()
-	if len(t.idle) >= t.maxIdle {
+	if len(t.idle) >= t.fallback.MaxIdleConnsPerHost {
 		t.mu.Unlock()
 		pc.c.Close()
 		return

@@ -370,15 +370,13 @@ func (r *parkedRelay) halfDone(h *half, err error) {
 	if r.left.Add(-1) > 0 {
 		return
 	}
-	r.aborted.Store(true)
-	r.client.Close()
-	r.upstream.Close()
+	r.Close()
 	r.watch.stop() // after this, the watcher's write of res.idle is visible
 	r.done(r.res)
 }
 
 func (r *parkedRelay) fail(err error) {
-	if !(r.oneDone.Load() && isReset(err)) && !errors.Is(err, net.ErrClosed) {
+	if relayFailure(err, r.oneDone.Load()) {
 		r.errOnce.Do(func() { r.res.err = err })
 	}
 	r.Close()

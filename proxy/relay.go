@@ -40,13 +40,7 @@ func relay(client, upstream net.Conn, fromClient copier, idle time.Duration) rel
 	}
 	var oneDone atomic.Bool // one side finished sending cleanly
 	fail := func(err error) {
-		// Once one side has said all it had to say, its peer may close
-		// without reading the rest: a client that does not wait for the
-		// origin's TLS close_notify, an origin that ends a keep-alive
-		// connection while the client's next request is on its way. The
-		// reset that follows is how TCP says so, not a failure of the
-		// relay. Nor is the error of a connection the relay closed itself.
-		if !(oneDone.Load() && isReset(err)) && !errors.Is(err, net.ErrClosed) {
+		if relayFailure(err, oneDone.Load()) {
 			errOnce.Do(func() { res.err = err })
 		}
 		closeBoth()
@@ -121,6 +115,17 @@ func finishHalf(dst net.Conn, n int64, err error, fail func(error)) int64 {
 		fail(errors.New("cannot half-close"))
 	}
 	return n
+}
+
+// relayFailure reports whether err, which ended a direction of a relay,
+// is a failure worth reporting. Once one side has said all it had to say
+// (oneDone), its peer may close without reading the rest: a client that
+// does not wait for the origin's TLS close_notify, an origin that ends a
+// keep-alive connection while the client's next request is on its way.
+// The reset that follows is how TCP says so, not a failure of the relay.
+// Nor is the error of a connection the relay closed itself.
+func relayFailure(err error, oneDone bool) bool {
+	return !(oneDone && isReset(err)) && !errors.Is(err, net.ErrClosed)
 }
 
 func isReset(err error) bool {

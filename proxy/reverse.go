@@ -103,13 +103,7 @@ func (s *Server) setupTerminate(r *route) error {
 		TLSHandshakeTimeout:    r.timeouts.Dial,
 		MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 	}
-	tr.transport = &h1Transport{
-		dial:        fallback.DialContext,
-		fallback:    fallback,
-		respTimeout: respTimeout,
-		maxIdle:     fallback.MaxIdleConnsPerHost,
-		idleTimeout: fallback.IdleConnTimeout,
-	}
+	tr.transport = &h1Transport{fallback: fallback}
 	tr.proxy = &httputil.ReverseProxy{
 		Rewrite:      func(pr *httputil.ProxyRequest) { tr.rewrite(pr) },
 		Transport:    tr.transport,
